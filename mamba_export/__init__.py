@@ -1,0 +1,17 @@
+"""mamba_export: export Mamba models to ONNX with the scan as one custom op, run them in
+ONNX Runtime and TensorRT, validate against eager PyTorch and benchmark the backends."""
+
+from .errors import CheckpointError, MambaExportError, MissingDependencyError
+from .loading import load, save_pretrained
+from .ops import ContractError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ContractError",
+    "MambaExportError",
+    "MissingDependencyError",
+    "load",
+    "save_pretrained",
+]
