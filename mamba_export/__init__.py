@@ -3,6 +3,7 @@ ONNX Runtime and TensorRT, validate against eager PyTorch and benchmark the back
 
 from .errors import CheckpointError, MambaExportError, MissingDependencyError
 from .loading import load, save_pretrained
+from .native import custom_op_library, kernels_library, tensorrt_plugin_library
 from .ops import ContractError
 
 __version__ = "0.1.0"
@@ -12,6 +13,9 @@ __all__ = [
     "ContractError",
     "MambaExportError",
     "MissingDependencyError",
+    "custom_op_library",
+    "kernels_library",
     "load",
     "save_pretrained",
+    "tensorrt_plugin_library",
 ]

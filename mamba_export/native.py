@@ -1,0 +1,40 @@
+"""Paths of the native libraries built from plugins/ (see README, "Building")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import MissingDependencyError
+
+LIB_DIR = Path(__file__).parent / "_lib"
+
+
+def _library(file_name: str, env: str, what: str) -> str:
+    override = os.environ.get(env)
+    if override:
+        if not Path(override).is_file():
+            raise MissingDependencyError(f"{env}={override}: no such file")
+        return str(Path(override).resolve())
+    path = LIB_DIR / file_name
+    if not path.is_file():
+        raise MissingDependencyError(
+            f"{what} ({file_name}) is not built: run `make native` in the repository "
+            f"(or `pip install .`), or point {env} at a built copy"
+        )
+    return str(path)
+
+
+def custom_op_library() -> str:
+    """The ONNX Runtime custom-op library implementing the ``mamba`` domain."""
+    return _library("libmamba_ort.so", "MAMBA_EXPORT_ORT_LIBRARY", "The ONNX Runtime custom-op library")
+
+
+def kernels_library() -> str:
+    """The shared CUDA kernels (C ABI of plugins/include/mamba_kernels.h)."""
+    return _library("libmamba_kernels.so", "MAMBA_EXPORT_KERNELS_LIBRARY", "The CUDA kernel library")
+
+
+def tensorrt_plugin_library() -> str:
+    """The TensorRT plugin library (IPluginV3 creators for the ``mamba`` ops)."""
+    return _library("libmamba_trt.so", "MAMBA_EXPORT_TRT_PLUGIN", "The TensorRT plugin library")
