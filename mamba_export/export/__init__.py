@@ -1,0 +1,1 @@
+"""Export to ONNX (the mamba domain ops and their schemas)."""
