@@ -29,14 +29,15 @@ def _selective_scan() -> OpSchema:
             p("A", "tensor(float)"),
             p("B", "T"),
             p("C", "T"),
-            # D, z, delta_bias, initial_state: the present ones, packed (see the has_* attributes).
-            p("optional_inputs", "V", param_option=OpSchema.FormalParameterOption.Variadic,
-              is_homogeneous=False, min_arity=0),
+            # D, z, delta_bias, initial_state: the present ones, packed in this order (the
+            # has_* attributes say which), so each slot may hold any of them.
+            *(p(f"optional_{i}", f"V{i}", param_option=OpSchema.FormalParameterOption.Optional)
+              for i in range(4)),
         ],
         outputs=[p("y", "T"), p("final_state", "tensor(float)")],
         type_constraints=[
             ("T", _ACTIVATIONS, "activation type"),
-            ("V", _ACTIVATIONS, "D, delta_bias, initial_state are float; z is T"),
+            *((f"V{i}", _ACTIVATIONS, "D, delta_bias, initial_state: float; z: T") for i in range(4)),
         ],
         attributes=[
             _flag("delta_softplus", "apply softplus to delta + delta_bias"),

@@ -52,6 +52,21 @@ class Mamba1Config:
     def to_dict(self) -> dict:
         return {"architecture": self.architecture, **asdict(self)}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Mamba1Config:
+        return cls(**{k: v for k, v in data.items() if k != "architecture"})
+
+
+def zero_state(cfg: Mamba1Config, batch: int, dtype: torch.dtype, device=None) -> State:
+    """The state of a new sequence; ``dtype`` is the conv state's (the SSM state is float32)."""
+    return [
+        (
+            torch.zeros(batch, cfg.d_inner, cfg.d_conv - 1, dtype=dtype, device=device),
+            torch.zeros(batch, cfg.d_inner, cfg.d_state, dtype=torch.float32, device=device),
+        )
+        for _ in range(cfg.n_layer)
+    ]
+
 
 class Mamba1Mixer(nn.Module):
     def __init__(self, cfg: Mamba1Config):
@@ -129,14 +144,8 @@ class Mamba1LMHeadModel(nn.Module):
 
     def empty_state(self, batch: int) -> State:
         """Zero state: the same as starting a new sequence."""
-        cfg, w = self.config, self.lm_head.weight
-        return [
-            (
-                w.new_zeros(batch, cfg.d_inner, cfg.d_conv - 1),
-                w.new_zeros(batch, cfg.d_inner, cfg.d_state, dtype=torch.float32),
-            )
-            for _ in range(cfg.n_layer)
-        ]
+        w = self.lm_head.weight
+        return zero_state(self.config, batch, w.dtype, w.device)
 
     def forward(self, input_ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         if state is None:

@@ -1,0 +1,184 @@
+"""The `mamba-export` command line: export, validate, generate."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__, console
+from .errors import MambaExportError
+
+DTYPES = ("fp32", "fp16", "bf16")
+EPILOG = "MODEL is a checkpoint directory (Hugging Face or mamba_ssm layout) or a Hugging Face Hub id."
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="checkpoint directory or hub id")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+
+
+def _add_backend(p: argparse.ArgumentParser, default: str) -> None:
+    from .backends.factory import BACKENDS
+
+    p.add_argument("--backend", default=default, choices=list(BACKENDS),
+                   help="; ".join(f"{k}: {v}" for k, v in BACKENDS.items()) + f" (default: {default})")
+    p.add_argument("--onnx", metavar="DIR", type=Path,
+                   help="export directory to use, or to export into if empty (default: a temporary one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an export in --onnx DIR made from another model")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision of the model run (default: fp32)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mamba-export",
+        description="Export Mamba models to ONNX with the scan as one custom op, run them in "
+        "ONNX Runtime and TensorRT, and validate them against eager PyTorch.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"mamba-export {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (model.onnx + export.json)", epilog=EPILOG,
+                       description="Export MODEL to DIR/model.onnx: one graph for prefill and decode, the "
+                       "recurrent state as inputs/outputs, each scan one mamba.SelectiveScan node.")
+    _add_common(p)
+    p.add_argument("-o", "--output", metavar="DIR", type=Path, required=True, help="output directory")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations (default: fp32)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset of the standard domain (default: 18)")
+    p.add_argument("--portable", action="store_true",
+                   help="standard ONNX ops only (a Scan loop), runs without the custom-op library; slower")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export in DIR")
+
+    p = sub.add_parser("validate", help="compare a backend with eager PyTorch (logits, state, greedy tokens)",
+                       epilog=EPILOG + " Exit status 1 when the backend is outside the tolerances.",
+                       description="Run prefill on a batch of random prompts and teacher-forced decode steps "
+                       "through the backend and through the eager float32 reference; report errors.")
+    _add_common(p)
+    _add_backend(p, "ort")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--decode-steps", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="FILE", type=Path, help="also write the report as JSON")
+
+    p = sub.add_parser("generate", help="generate text, streaming, with the recurrent state cache",
+                       epilog=EPILOG, description="Run the prompt once, then decode token by token from the state.")
+    _add_common(p)
+    _add_backend(p, "torch")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    p.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def _positive(args, *names):
+    for name in names:
+        if getattr(args, name) < 1:
+            raise MambaExportError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+@contextlib.contextmanager
+def _export_dir(args):
+    """--onnx DIR, or a temporary directory removed afterwards."""
+    if args.onnx is not None or args.backend == "torch":
+        yield args.onnx
+        return
+    with tempfile.TemporaryDirectory(prefix="mamba-export-") as tmp:
+        console.info("Exporting to a temporary directory (pass --onnx DIR to keep the export)")
+        yield Path(tmp)
+
+
+def _load(model: str, dtype: str):
+    from .loading import load
+
+    with console.step(f"Loading {model} ({dtype})"):
+        return load(model, dtype=dtype)
+
+
+def _cmd_export(args) -> int:
+    from .export.onnx_export import DEFAULT_OPSET, export_onnx
+
+    model = _load(args.model, args.dtype)
+    kind = "portable ONNX" if args.portable else "ONNX"
+    with console.step(f"Exporting to {kind} in {args.output}"):
+        path = export_onnx(model, args.output, opset=args.opset or DEFAULT_OPSET, portable=args.portable,
+                           overwrite=args.overwrite)
+    print(path)
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from .backends.factory import open_backend
+    from .backends.torch_backend import TorchBackend
+    from .loading import resolve_dtype
+    from .validate import validate
+
+    _positive(args, "batch", "prompt_len")
+    if args.decode_steps < 0:
+        raise MambaExportError("--decode-steps must be 0 or more")
+    reference = _load(args.model, "fp32")
+    dtype = resolve_dtype(args.dtype)
+    model = reference if dtype == reference.lm_head.weight.dtype else copy.deepcopy(reference).to(dtype)
+    with _export_dir(args) as export_dir:
+        backend = open_backend(args.backend, model, export_dir=export_dir, overwrite=args.overwrite)
+        with console.progress(args.decode_steps, "prefill + decode") as bar:
+            report = validate(
+                backend, TorchBackend(reference, name="reference"), model_name=args.model,
+                dtype=str(dtype).removeprefix("torch."), batch=args.batch, prompt_len=args.prompt_len,
+                decode_steps=args.decode_steps, vocab_size=reference.config.vocab_size, seed=args.seed,
+                json_path=args.json, progress=bar,
+            )  # fmt: skip
+    print(report.table())
+    return 0 if report.passed else 1
+
+
+def _cmd_generate(args) -> int:
+    from .backends.factory import open_backend
+    from .generate import generate
+    from .loading import resolve_checkpoint
+    from .tokenizer import TextStream, load_tokenizer
+
+    _positive(args, "max_new_tokens")
+    tokenizer = load_tokenizer(resolve_checkpoint(args.model))
+    if tokenizer is None:
+        raise MambaExportError(f"{args.model} has no tokenizer.json, so text prompts cannot be encoded")
+    model = _load(args.model, args.dtype)
+    prompt_ids = tokenizer.encode(args.prompt).ids
+    if not prompt_ids:
+        raise MambaExportError("--prompt is empty")
+    with _export_dir(args) as export_dir:
+        backend = open_backend(args.backend, model, export_dir=export_dir, overwrite=args.overwrite)
+        stream = TextStream(tokenizer)
+        sys.stdout.write(args.prompt)
+        for token in generate(backend, prompt_ids, args.max_new_tokens, temperature=args.temperature,
+                              top_k=args.top_k, vocab_size=tokenizer.get_vocab_size(), seed=args.seed):
+            sys.stdout.write(stream.push(token))
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0
+
+
+COMMANDS = {"export": _cmd_export, "validate": _cmd_validate, "generate": _cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console.QUIET = args.quiet
+    try:
+        return COMMANDS[args.command](args)
+    except MambaExportError as e:
+        print(f"mamba-export {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

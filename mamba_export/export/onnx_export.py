@@ -1,0 +1,182 @@
+"""Export a Mamba language model to ONNX: one graph for prefill and decode.
+
+Interface of the exported graph (docs/export.md):
+  inputs   input_ids [batch, sequence] int64, then per layer i
+           past_conv_state.{i} [batch, d_inner, d_conv-1] (model dtype)
+           past_ssm_state.{i}  [batch, d_inner, d_state]  (float32)
+  outputs  logits [batch, sequence, vocab], then present_conv_state.{i}, present_ssm_state.{i}
+Zero states mean "start of sequence". Each scan is one ``mamba.SelectiveScan`` node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from .. import __version__
+from ..errors import MambaExportError
+from ..loading import load, resolve_dtype
+from .portable import make_portable
+from .schemas import DOMAIN, DOMAIN_VERSION
+from .translation import TRANSLATION_TABLE
+
+DEFAULT_OPSET = 18
+# Protobuf cannot hold a file over 2 GiB; above this the weights go to model.onnx.data.
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+EXAMPLE_BATCH, EXAMPLE_SEQUENCE = 2, 5  # not 0/1, which torch.export would specialise on
+
+
+def state_names(n_layer: int, prefix: str) -> list[str]:
+    return [f"{prefix}_{kind}_state.{i}" for i in range(n_layer) for kind in ("conv", "ssm")]
+
+
+class _FlatStateLM(torch.nn.Module):
+    """model(input_ids, state) with the state as a flat list, the order of state_names()."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, flat_state):
+        state = [(flat_state[2 * i], flat_state[2 * i + 1]) for i in range(len(flat_state) // 2)]
+        logits, new_state = self.model(input_ids, state)
+        return logits, *[t for pair in new_state for t in pair]
+
+
+def _prepare_model(model_or_path, dtype) -> torch.nn.Module:
+    target = resolve_dtype(dtype)
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return load(model_or_path, dtype=target or torch.float32)
+    model = model_or_path
+    if target is not None and model.lm_head.weight.dtype != target:
+        model = copy.deepcopy(model).to(target)  # never change the caller's model
+    return model.eval()
+
+
+def _reserve_output(out_dir: Path, overwrite: bool) -> None:
+    existing = [p for p in (out_dir / "model.onnx", out_dir / "export.json") if p.exists()]
+    if existing and not overwrite:
+        raise MambaExportError(f"{out_dir} already holds an export ({existing[0].name}); use --overwrite to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _trace(model: torch.nn.Module, opset: int):
+    cfg = model.config
+    ids = torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQUENCE, dtype=torch.long)
+    state = [t for pair in model.empty_state(EXAMPLE_BATCH) for t in pair]
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    # The exporter narrates on stdout and warns about unrelated registries (torchvision).
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            _FlatStateLM(model),
+            (ids, state),
+            dynamo=True,
+            opset_version=opset,
+            custom_translation_table=TRANSLATION_TABLE,
+            dynamic_shapes=({0: batch, 1: sequence}, [{0: batch} for _ in state]),
+            input_names=["input_ids", *state_names(cfg.n_layer, "past")],
+            output_names=["logits", *state_names(cfg.n_layer, "present")],
+            optimize=True,
+            verbose=False,
+        )
+    registry_log.setLevel(level)
+    return program
+
+
+def _finish(proto: onnx.ModelProto, portable: bool, metadata: dict) -> onnx.ModelProto:
+    if portable:
+        proto = make_portable(proto)
+    # Readers accept an IR version up to theirs (ORT 1.31: 13); write the lowest that fits.
+    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    proto.producer_name, proto.producer_version = "mamba_export", __version__
+    onnx.helper.set_model_props(proto, {f"mamba_export.{k}": json.dumps(v) for k, v in metadata.items()})
+    return proto
+
+
+def _versions() -> dict:
+    import onnxscript
+
+    return {"mamba_export": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__}  # fmt: skip
+
+
+def export_onnx(
+    model_or_path,
+    out_dir: str | os.PathLike,
+    *,
+    dtype=None,
+    opset: int = DEFAULT_OPSET,
+    portable: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Exports a Mamba LM (a model or a checkpoint path/hub id) to ``out_dir/model.onnx``.
+
+    Writes ``out_dir/export.json`` too (source, config, dtypes, tensor names, state layout,
+    versions). ``portable=True`` replaces the custom ops by standard ONNX ops (runs in any
+    ONNX Runtime, slower). Refuses to replace an existing export unless ``overwrite``.
+    Returns the path of model.onnx.
+    """
+    out_dir = Path(out_dir)
+    _reserve_output(out_dir, overwrite)
+    model = _prepare_model(model_or_path, dtype)
+    cfg = model.config
+    model_dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
+    started = time.perf_counter()
+    program = _trace(model, opset)
+    info = {
+        "source": str(getattr(model, "source", model_or_path if isinstance(model_or_path, (str, os.PathLike)) else "<module>")),
+        "architecture": cfg.architecture,
+        "config": cfg.to_dict(),
+        "dtype": model_dtype,
+        "opset": opset,
+        "custom_domain": None if portable else {"domain": DOMAIN, "version": DOMAIN_VERSION},
+        "portable": portable,
+        "inputs": ["input_ids", *state_names(cfg.n_layer, "past")],
+        "outputs": ["logits", *state_names(cfg.n_layer, "present")],
+        "state": {
+            "conv": {"shape": ["batch", cfg.d_inner, cfg.d_conv - 1], "dtype": model_dtype},
+            "ssm": {"shape": ["batch", cfg.d_inner, cfg.d_state], "dtype": "float32"},
+            "zeros_mean": "start of sequence",
+        },
+        "versions": _versions(),
+    }
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    info["external_data"] = weight_bytes > EXTERNAL_DATA_THRESHOLD
+
+    # Write into a scratch folder and move into place, so a failure leaves no half export.
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as scratch:
+        path = Path(scratch) / "model.onnx"
+        program.save(str(path), external_data=info["external_data"])
+        proto = onnx.load(str(path), load_external_data=False)  # weights stay where they are
+        proto = _finish(proto, portable, {k: info[k] for k in ("architecture", "config", "portable")})
+        onnx.save_model(proto, str(path))
+        onnx.checker.check_model(str(path))
+        info["export_seconds"] = round(time.perf_counter() - started, 2)
+        (Path(scratch) / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+        (out_dir / "model.onnx.data").unlink(missing_ok=True)  # a previous, replaced export's
+        for item in Path(scratch).iterdir():
+            shutil.move(str(item), out_dir / item.name)
+    return out_dir / "model.onnx"
+
+
+def read_export_info(out_dir: str | os.PathLike) -> dict:
+    path = Path(out_dir) / "export.json"
+    if not path.is_file():
+        raise MambaExportError(f"{out_dir}: no export.json (not a mamba_export export directory)")
+    return json.loads(path.read_text())
