@@ -13,12 +13,27 @@ from . import __version__, console
 from .errors import MambaExportError
 
 DTYPES = ("fp32", "fp16", "bf16")
-EPILOG = "MODEL is a checkpoint directory (Hugging Face or mamba_ssm layout) or a Hugging Face Hub id."
+# The small trained model shipped in the repository (models/README.md).
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "mamba1-pystdlib"
+EPILOG = (
+    "MODEL is a checkpoint directory (Hugging Face or mamba_ssm layout) or a Hugging Face Hub id; "
+    "default: the shipped models/mamba1-pystdlib."
+)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="checkpoint directory or hub id")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="checkpoint directory or hub id")
     p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"values must be at least 1, got '{text}'")
+    return values
 
 
 def _add_backend(p: argparse.ArgumentParser, default: str) -> None:
@@ -74,6 +89,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
     p.add_argument("--seed", type=int, default=None)
+
+    from .bench import PUBLISHED
+
+    p = sub.add_parser("bench", help="time prefill and decode across backends; write bench.{json,md,png}",
+                       epilog=EPILOG + " With --config, a published architecture with random weights is timed.",
+                       description="Validate each backend against eager PyTorch, then time prefill latency, "
+                       "per-token decode latency with the state cache, tokens/s, peak memory and load time.")
+    _add_common(p)
+    p.add_argument("--config", choices=list(PUBLISHED), help="a published Mamba size with random weights")
+    p.add_argument("--backends", default="torch,ort", help="comma-separated (default: torch,ort)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", choices=DTYPES, default="fp32")
+    p.add_argument("--batch", type=_int_list, default=[1], help="comma-separated batch sizes (default: 1)")
+    p.add_argument("--prompt-len", type=_int_list, default=[128], help="comma-separated (default: 128)")
+    p.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed per setting (default: 32)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path("bench-results"),
+                   help="report directory (default: bench-results)")
+    p.add_argument("--overwrite", action="store_true", help="replace a report already in DIR")
     return parser
 
 
@@ -94,6 +129,14 @@ def _export_dir(args):
         yield Path(tmp)
 
 
+def _model_arg(args) -> str:
+    if args.model:
+        return args.model
+    if DEFAULT_MODEL.is_dir():
+        return str(DEFAULT_MODEL)
+    raise MambaExportError("MODEL is required (the shipped default model is not in this installation)")
+
+
 def _load(model: str, dtype: str):
     from .loading import load
 
@@ -104,6 +147,7 @@ def _load(model: str, dtype: str):
 def _cmd_export(args) -> int:
     from .export.onnx_export import DEFAULT_OPSET, export_onnx
 
+    args.model = _model_arg(args)
     model = _load(args.model, args.dtype)
     kind = "portable ONNX" if args.portable else "ONNX"
     with console.step(f"Exporting to {kind} in {args.output}"):
@@ -122,6 +166,7 @@ def _cmd_validate(args) -> int:
     _positive(args, "batch", "prompt_len")
     if args.decode_steps < 0:
         raise MambaExportError("--decode-steps must be 0 or more")
+    args.model = _model_arg(args)
     reference = _load(args.model, "fp32")
     dtype = resolve_dtype(args.dtype)
     model = reference if dtype == reference.lm_head.weight.dtype else copy.deepcopy(reference).to(dtype)
@@ -145,6 +190,7 @@ def _cmd_generate(args) -> int:
     from .tokenizer import TextStream, load_tokenizer
 
     _positive(args, "max_new_tokens")
+    args.model = _model_arg(args)
     tokenizer = load_tokenizer(resolve_checkpoint(args.model))
     if tokenizer is None:
         raise MambaExportError(f"{args.model} has no tokenizer.json, so text prompts cannot be encoded")
@@ -164,7 +210,34 @@ def _cmd_generate(args) -> int:
     return 0
 
 
-COMMANDS = {"export": _cmd_export, "validate": _cmd_validate, "generate": _cmd_generate}
+def _cmd_bench(args) -> int:
+    from .bench import Settings, random_model, run_bench, write_reports
+
+    if args.decode_tokens < 1 or args.repeat < 1 or args.warmup < 0:
+        raise MambaExportError("--decode-tokens and --repeat must be at least 1, --warmup at least 0")
+    if (args.out / "bench.json").exists() and not args.overwrite:
+        raise MambaExportError(f"{args.out} already holds a report; pass --overwrite or another --out")
+    if args.config and args.model:
+        raise MambaExportError("give MODEL or --config, not both")
+    if args.config:
+        with console.step(f"Building {args.config} with random weights"):
+            model = random_model(args.config)
+        name = f"{args.config} (random weights)"
+    else:
+        name = args.model = _model_arg(args)
+        model = _load(name, "fp32")
+    settings = Settings(backends=[b.strip() for b in args.backends.split(",") if b.strip()], device=args.device,
+                        dtype=args.dtype, batches=args.batch, prompt_lens=args.prompt_len,
+                        decode_tokens=args.decode_tokens, warmup=args.warmup, repeat=args.repeat)
+    with tempfile.TemporaryDirectory(prefix="mamba-bench-") as work:
+        results = run_bench(model, settings, Path(work))
+    paths = write_reports(args.out, name, vars(settings), results)
+    print(paths["md"].read_text())
+    console.info(f"Wrote {', '.join(str(p) for p in paths.values())}")
+    return 0 if all(r["status"] != "failed validation" for r in results) else 1
+
+
+COMMANDS = {"export": _cmd_export, "validate": _cmd_validate, "generate": _cmd_generate, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -42,13 +43,32 @@ def ensure_export(model: torch.nn.Module, export_dir: Path, *, portable: bool, o
     return export_dir
 
 
-def open_backend(name: str, model: torch.nn.Module, *, export_dir: Path | None = None,
-                 overwrite: bool = False) -> Backend:
-    """``model`` is the eager model in the dtype and on the device to run."""
+def backend_unavailable(name: str, device: str = "cpu") -> str | None:
+    """Why backend ``name`` cannot run on ``device`` here, or None when it can."""
     if name not in BACKENDS:
-        raise MambaExportError(f"unknown backend '{name}'; choose from {', '.join(BACKENDS)}")
+        return f"unknown backend '{name}'; choose from {', '.join(BACKENDS)}"
     if name == "torch":
-        return TorchBackend(model)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            return "no CUDA device visible to PyTorch"
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed"
+    if name in ("ort", "ort-portable") and device != "cpu":
+        return f"{name} runs on the CPU; use ort-cuda for the GPU"
+    return None
+
+
+def open_backend(name: str, model: torch.nn.Module, *, export_dir: Path | None = None,
+                 overwrite: bool = False, device: str | torch.device = "cpu") -> Backend:
+    """``model`` is the eager model in the dtype to run, on the CPU; it is not modified."""
+    reason = backend_unavailable(name, str(device))
+    if reason:
+        raise MambaExportError(f"backend {name}: {reason}")
+    if name == "torch":
+        on_device = model if torch.device(device) == model.lm_head.weight.device else copy.deepcopy(model).to(device)
+        return TorchBackend(on_device)
     from .ort_backend import OrtBackend
 
     if export_dir is None:

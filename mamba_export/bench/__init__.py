@@ -1,0 +1,7 @@
+"""`mamba-export bench`: latency of prefill and decode across backends, with a report."""
+
+from .configs import PUBLISHED, published_config, random_model
+from .report import write_reports
+from .runner import Settings, run_bench
+
+__all__ = ["PUBLISHED", "Settings", "published_config", "random_model", "run_bench", "write_reports"]

@@ -1,0 +1,151 @@
+"""ONNX export of the Mamba-1 LM: graph structure, the custom-op and portable forms in ONNX
+Runtime against eager PyTorch, prefill/decode through one graph, and safe output handling."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+import mamba_export
+from mamba_export.export.onnx_export import export_onnx, state_names
+from mamba_export.models import Mamba1Config, Mamba1LMHeadModel
+
+CONFIG = Mamba1Config(d_model=32, n_layer=2, vocab_size=61, d_state=4, d_conv=4, expand=2)
+
+
+def random_model(cfg=CONFIG, seed=0):
+    torch.manual_seed(seed)
+    model = Mamba1LMHeadModel(cfg).eval()
+    with torch.no_grad():  # move every parameter off its initial value
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model()
+
+
+@pytest.fixture(scope="module")
+def exports(model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    return {
+        "custom": export_onnx(model, root / "custom"),
+        "portable": export_onnx(model, root / "portable", portable=True),
+    }
+
+
+def run(session, ids, state):
+    feeds = {"input_ids": ids.numpy()}
+    for name, t in zip(state_names(len(state), "past"), [t for pair in state for t in pair]):
+        feeds[name] = t.numpy()
+    logits, *flat = session.run(None, feeds)
+    return torch.from_numpy(logits), [(torch.from_numpy(flat[2 * i]), torch.from_numpy(flat[2 * i + 1]))
+                                      for i in range(len(flat) // 2)]
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def test_scan_is_one_custom_node_per_layer(exports):
+    proto = onnx.load(str(exports["custom"]))
+    scans = [n for n in proto.graph.node if n.op_type == "SelectiveScan"]
+    assert len(scans) == CONFIG.n_layer and all(n.domain == "mamba" for n in scans)
+    assert not [n for n in proto.graph.node if n.op_type in ("Loop", "Scan", "If")], "the scan must not be unrolled"
+    assert {(o.domain, o.version) for o in proto.opset_import} >= {("mamba", 1)}
+    assert proto.ir_version <= 13  # what ONNX Runtime 1.31 reads
+    for node in scans:
+        attrs = {a.name: a.i for a in node.attribute}
+        assert attrs == dict(delta_softplus=1, has_D=1, has_z=1, has_delta_bias=1, has_initial_state=1)
+        assert len(node.input) == 9
+    onnx.checker.check_model(proto, full_check=True)
+
+
+def test_interface_names_and_dynamic_dims(exports):
+    proto = onnx.load(str(exports["custom"]))
+
+    def dims(v):
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+    inputs = {v.name: dims(v) for v in proto.graph.input}
+    outputs = {v.name: dims(v) for v in proto.graph.output}
+    assert list(inputs) == ["input_ids", *state_names(CONFIG.n_layer, "past")]
+    assert list(outputs) == ["logits", *state_names(CONFIG.n_layer, "present")]
+    assert inputs["input_ids"] == ["batch", "sequence"]
+    assert inputs["past_conv_state.1"] == ["batch", CONFIG.d_inner, CONFIG.d_conv - 1]
+    assert inputs["past_ssm_state.1"] == ["batch", CONFIG.d_inner, CONFIG.d_state]
+    assert outputs["logits"] == ["batch", "sequence", CONFIG.vocab_size]
+
+
+@pytest.mark.parametrize("form", ["custom", "portable"])
+@pytest.mark.parametrize("batch, prompt, decode", [(1, 1, 3), (3, 7, 4), (2, 40, 2)])
+def test_prefill_then_decode_matches_eager(model, exports, form, batch, prompt, decode):
+    """One graph: prefill from zero state, then token-by-token decode from the returned state."""
+    if form == "custom":
+        session = mamba_export.ort_session(exports["custom"])
+    else:  # the portable form needs no custom-op library: a stock session
+        session = onnxruntime.InferenceSession(str(exports["portable"]))
+    ids = torch.randint(0, CONFIG.vocab_size, (batch, prompt + decode), generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        ref_logits, ref_state = model(ids)
+    logits, state = run(session, ids[:, :prompt], model.empty_state(batch))
+    steps = [logits]
+    for t in range(prompt, prompt + decode):
+        logits, state = run(session, ids[:, t : t + 1], state)
+        steps.append(logits)
+    assert rel(torch.cat(steps, 1), ref_logits) < 1e-5
+    for (conv, ssm), (ref_conv, ref_ssm) in zip(state, ref_state):
+        assert rel(ssm, ref_ssm) < 1e-5 and rel(conv, ref_conv) < 1e-6
+
+
+def test_portable_equals_custom(exports):
+    custom = mamba_export.ort_session(exports["custom"])
+    portable = onnxruntime.InferenceSession(str(exports["portable"]))
+    model = random_model()
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 33), generator=torch.Generator().manual_seed(3))
+    state = [(c.normal_(), s.normal_()) for c, s in model.empty_state(2)]  # a non-trivial incoming state
+    (a, sa), (b, sb) = run(custom, ids, state), run(portable, ids, state)
+    assert rel(a, b) < 1e-5
+    assert all(rel(x[1], y[1]) < 1e-5 for x, y in zip(sa, sb))
+
+
+def test_portable_has_no_custom_domain(exports):
+    proto = onnx.load(str(exports["portable"]))
+    assert not [n for n in proto.graph.node if n.domain == "mamba"]
+    assert "mamba" not in {o.domain for o in proto.opset_import}
+
+
+def test_export_json_describes_the_graph(exports):
+    info = json.loads((exports["custom"].parent / "export.json").read_text())
+    assert info["architecture"] == "mamba1" and info["config"]["d_model"] == CONFIG.d_model
+    assert info["dtype"] == "float32" and info["portable"] is False
+    assert info["custom_domain"] == {"domain": "mamba", "version": 1}
+    assert info["inputs"][0] == "input_ids" and info["outputs"][0] == "logits"
+    assert info["state"]["ssm"]["shape"] == ["batch", CONFIG.d_inner, CONFIG.d_state]
+    assert {"torch", "onnx", "mamba_export"} <= set(info["versions"])
+
+
+def test_fp16_export_keeps_ssm_state_float32(tmp_path):
+    model = random_model()
+    path = export_onnx(model, tmp_path / "fp16", dtype="fp16")
+    proto = onnx.load(str(path))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output]}
+    F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    assert types["logits"] == F16 and types["past_conv_state.0"] == F16 and types["present_conv_state.0"] == F16
+    assert types["past_ssm_state.0"] == F32 and types["present_ssm_state.0"] == F32
+    assert model.lm_head.weight.dtype == torch.float32, "export must not convert the caller's model"
+
+
+def test_existing_export_is_not_overwritten(model, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"user data")
+    with pytest.raises(mamba_export.MambaExportError, match="already holds an export"):
+        export_onnx(model, out)
+    assert (out / "model.onnx").read_bytes() == b"user data"
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx"], "a refused export leaves nothing behind"
