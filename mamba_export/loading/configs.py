@@ -19,6 +19,8 @@ def read_json(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -27,43 +29,50 @@ def read_json(path: Path) -> dict:
 class _Fields:
     """Typed access to a config dict that names the file and field in every error."""
 
-    def __init__(self, data: dict, path: Path):
-        self.data, self.path = data, path
+    def __init__(self, data: dict, path: Path, prefix: str = ""):
+        self.data, self.path, self.prefix = data, path, prefix  # prefix: 'ssm_cfg.' for a nested dict
 
     def get(self, key: str, kind: type, default=...):
+        name = self.prefix + key
         if key not in self.data or self.data[key] is None:
             if default is ...:
-                raise CheckpointError(f"{self.path}: missing field '{key}'")
+                raise CheckpointError(f"{self.path}: missing field '{name}'")
             return default
         value = self.data[key]
         ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if not ok:
-            raise CheckpointError(f"{self.path}: field '{key}' must be {kind.__name__}, got {value!r}")
+            raise CheckpointError(f"{self.path}: field '{name}' must be {kind.__name__}, got {value!r}")
         if kind in (int, float) and value <= 0:
-            raise CheckpointError(f"{self.path}: field '{key}' must be positive, got {value!r}")
+            raise CheckpointError(f"{self.path}: field '{name}' must be positive, got {value!r}")
         return value
+
+    def dt_rank(self, key: str, d_model: int) -> int:
+        """A time-step rank: an int, or 'auto' (or absent) for ceil(d_model / 16)."""
+        return math.ceil(d_model / 16) if self.data.get(key) in (None, "auto") else self.get(key, int)
+
+    def nested(self, key: str) -> _Fields:
+        value = self.data.get(key) or {}
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{self.path}: field '{self.prefix + key}' must be an object, got {value!r}")
+        return _Fields(value, self.path, f"{self.prefix}{key}.")
 
 
 def _hf_mamba1(f: _Fields) -> Mamba1Config:
     act = f.get("hidden_act", str, "silu")
     if act != "silu":
         raise CheckpointError(f"{f.path}: hidden_act '{act}' is not supported (Mamba uses 'silu')")
-    d_model, expand = f.get("hidden_size", int), f.get("expand", int, 2)
-    dt_rank = f.data.get("time_step_rank", "auto")
-    dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else _Fields({"time_step_rank": dt_rank}, f.path).get(
-        "time_step_rank", int
-    )
+    d_model = f.get("hidden_size", int)
+    # Like transformers, d_inner is expand * hidden_size; config.json's intermediate_size is not read.
     return Mamba1Config(
         d_model=d_model,
         n_layer=f.get("num_hidden_layers", int),
         vocab_size=f.get("vocab_size", int),
         d_state=f.get("state_size", int, 16),
         d_conv=f.get("conv_kernel", int, 4),
-        expand=expand,
-        dt_rank=dt_rank,
-        d_inner=f.get("intermediate_size", int, expand * d_model),
+        expand=f.get("expand", int, 2),
+        dt_rank=f.dt_rank("time_step_rank", d_model),
         conv_bias=f.get("use_conv_bias", bool, True),
         bias=f.get("use_bias", bool, False),
         rms_norm=True,
@@ -78,10 +87,8 @@ def _mamba_ssm_mamba1(f: _Fields) -> Mamba1Config:
         raise CheckpointError(
             f"{f.path}: hybrid mamba_ssm models (d_intermediate / attn_layer_idx) are not supported"
         )
-    ssm = _Fields(f.data.get("ssm_cfg") or {}, f.path)
-    d_model, expand = f.get("d_model", int), ssm.get("expand", int, 2)
-    dt_rank = ssm.data.get("dt_rank", "auto")
-    dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else ssm.get("dt_rank", int)
+    ssm = f.nested("ssm_cfg")
+    d_model = f.get("d_model", int)
     vocab, multiple = f.get("vocab_size", int), f.get("pad_vocab_size_multiple", int, 8)
     return Mamba1Config(
         d_model=d_model,
@@ -89,8 +96,8 @@ def _mamba_ssm_mamba1(f: _Fields) -> Mamba1Config:
         vocab_size=math.ceil(vocab / multiple) * multiple,
         d_state=ssm.get("d_state", int, 16),
         d_conv=ssm.get("d_conv", int, 4),
-        expand=expand,
-        dt_rank=dt_rank,
+        expand=ssm.get("expand", int, 2),
+        dt_rank=ssm.dt_rank("dt_rank", d_model),
         conv_bias=ssm.get("conv_bias", bool, True),
         bias=ssm.get("bias", bool, False),
         rms_norm=f.get("rms_norm", bool, True),
@@ -109,7 +116,7 @@ def parse_config(data: dict, path: Path):
             return "hf", _hf_mamba1(f)
         raise CheckpointError(f"{path}: model_type '{model_type}' is not supported; supported: {SUPPORTED}")
     if "d_model" in data and "n_layer" in data:
-        layer = (data.get("ssm_cfg") or {}).get("layer", "Mamba1")
+        layer = f.nested("ssm_cfg").data.get("layer", "Mamba1")
         if layer == "Mamba1":
             return "mamba_ssm", _mamba_ssm_mamba1(f)
         raise CheckpointError(f"{path}: mamba_ssm layer '{layer}' is not supported; supported: {SUPPORTED}")
