@@ -19,6 +19,19 @@ from .contract import check_selective_scan
 _CHUNK = 128
 
 
+def _time_step(delta, delta_bias, delta_softplus):
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def _skip_and_gate(y, uf, D, z):
+    if D is not None:
+        y = y + D.float()[:, None] * uf
+    return y * F.silu(z.float()) if z is not None else y
+
+
 def selective_scan_reference(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -39,11 +52,7 @@ def selective_scan_reference(
     """
     batch, dim, length = u.shape
     groups, d_state = B.shape[1], A.shape[1]
-    delta = delta.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    delta = _time_step(delta, delta_bias, delta_softplus)
     # Channel d reads B/C of group d // (dim / groups).
     Bd = B.float().repeat_interleave(dim // groups, dim=1)  # [batch, dim, N, L]
     Cd = C.float().repeat_interleave(dim // groups, dim=1)
@@ -62,10 +71,7 @@ def selective_scan_reference(
             h = dA[:, :, i] * h + dBu[:, :, i]
             ys.append((h * Ct[:, :, :, i]).sum(-1))
     y = torch.stack(ys, dim=-1) if ys else uf.new_zeros(batch, dim, 0)
-    if D is not None:
-        y = y + D.float()[:, None] * uf
-    if z is not None:
-        y = y * F.silu(z.float())
+    y = _skip_and_gate(y, uf, D, z)
     return y.to(u.dtype), h
 
 
@@ -102,13 +108,69 @@ def _setup_context(ctx, inputs, output):
     ctx.delta_softplus = inputs[len(_INPUTS)]
 
 
+class _LinearRecurrence(torch.autograd.Function):
+    """All states of ``h[t] = a[t] * h[t-1] + b[t]`` from ``h0``; time is dim 0, length >= 1.
+
+    Differentiating a Python loop records ~L small autograd nodes per call; this
+    backward is one reverse loop of the same shape instead.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, h0):
+        hs = torch.empty_like(b)
+        h = h0
+        for t in range(b.shape[0]):
+            h = hs[t] = torch.addcmul(b[t], a[t], h)
+        ctx.save_for_backward(a, hs, h0)
+        return hs
+
+    @staticmethod
+    def backward(ctx, grad_hs):
+        a, hs, h0 = ctx.saved_tensors
+        grad_b = torch.empty_like(grad_hs)
+        g = grad_b[-1] = grad_hs[-1]
+        for t in range(grad_hs.shape[0] - 2, -1, -1):
+            g = grad_b[t] = torch.addcmul(grad_hs[t], a[t + 1], g)  # h[t] also feeds h[t+1]
+        h_prev = torch.cat([h0[None], hs[:-1]])
+        return grad_b * h_prev, grad_b, grad_b[0] * a[0]
+
+
+def _scan_for_autograd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
+                       delta_softplus=False):
+    """The reference's function, computed time-major with ``_LinearRecurrence``: what the
+    backward differentiates (tests/test_scan_backward.py holds it to the reference)."""
+    batch, dim, length = u.shape
+    groups, d_state = B.shape[1], A.shape[1]
+    delta = _time_step(delta, delta_bias, delta_softplus)
+    uf = u.float()
+    # [L, batch, groups, dim // groups, N], contiguous so that each time step is one
+    # block of memory; channels broadcast over their group's B and C.
+    shape = (length, batch, groups, dim // groups, 1)
+    dt = delta.permute(2, 0, 1).contiguous().reshape(shape)
+    Bt = B.float().permute(3, 0, 1, 2).contiguous().unsqueeze(3)  # [L, batch, groups, 1, N]
+    Ct = C.float().permute(3, 0, 1, 2).contiguous().unsqueeze(-1)  # [L, batch, groups, N, 1]
+    h0 = u.new_zeros(batch, dim, d_state, dtype=torch.float32)
+    if initial_state is not None:
+        h0 = h0 + initial_state.float()
+    h0 = h0.reshape(batch, groups, dim // groups, d_state)
+    if length:
+        dA = torch.exp(dt * A.float().reshape(groups, dim // groups, d_state))
+        hs = _LinearRecurrence.apply(dA, dt * uf.permute(2, 0, 1).contiguous().reshape(shape) * Bt, h0)
+        y = (hs @ Ct).reshape(length, batch, dim).permute(1, 2, 0)
+        h = hs[-1]
+    else:
+        y, h = uf.new_zeros(batch, dim, 0), h0
+    y = _skip_and_gate(y, uf, D, z)
+    return y.to(u.dtype), h.reshape(batch, dim, d_state)
+
+
 def _backward(ctx, grad_y, grad_state):
-    # Training is not the hot path here (inference export is): differentiate by
-    # re-running the reference under autograd instead of keeping a second kernel.
+    # Training is not the hot path here (inference export is): differentiate a
+    # pure-PyTorch formulation of the reference instead of keeping a second kernel.
     saved = iter(ctx.saved_tensors)
     args = [next(saved).detach().requires_grad_() if present else None for present in ctx.present]
     with torch.enable_grad():
-        y, state = selective_scan_reference(*args, delta_softplus=ctx.delta_softplus)
+        y, state = _scan_for_autograd(*args, delta_softplus=ctx.delta_softplus)
         outs, grads = [y], [grad_y]
         if grad_state is not None:
             outs.append(state)
