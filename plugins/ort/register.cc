@@ -1,0 +1,40 @@
+// Entry point ONNX Runtime calls when the library is registered (register_custom_ops_library
+// in Python, RegisterCustomOpsLibrary in C): adds the "mamba" domain to the session options.
+#include <string>
+
+#include "selective_scan_cpu.h"
+
+namespace {
+
+// The ops and their domain live as long as the library: sessions created from these
+// options keep pointers to them, so they are never released.
+OrtCustomOpDomain* mamba_domain() {
+  static OrtCustomOpDomain* domain = [] {
+    using CpuOp = mamba_ort::SelectiveScanOp<mamba_ort::CpuProvider>;
+    static const CpuOp cpu_ops[] = {CpuOp(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT),
+                                    CpuOp(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16),
+                                    CpuOp(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16)};
+    Ort::CustomOpDomain created("mamba");
+    for (const CpuOp& op : cpu_ops) created.Add(&op);
+    return created.release();
+  }();
+  return domain;
+}
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(
+    OrtSessionOptions* options, const OrtApiBase* api_base) {
+  // The C API of the headers this library was built with (ORT_API_VERSION); any newer
+  // onnxruntime serves it, an older one answers nullptr.
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (!api) {
+    const std::string message = "mamba_export's custom-op library needs onnxruntime >= 1." +
+                                std::to_string(ORT_API_VERSION) + " (C API version " +
+                                std::to_string(ORT_API_VERSION) + "); this onnxruntime is " +
+                                api_base->GetVersionString();
+    return api_base->GetApi(1)->CreateStatus(ORT_FAIL, message.c_str());
+  }
+  Ort::InitApi(api);
+  return mamba_ort::status_of([&] { Ort::ThrowOnError(api->AddCustomOpDomain(options, mamba_domain())); });
+}
