@@ -5,6 +5,7 @@ from .errors import CheckpointError, MambaExportError, MissingDependencyError
 from .loading import load, save_pretrained
 from .native import custom_op_library, kernels_library, tensorrt_plugin_library
 from .ops import ContractError
+from .runtime import ort_session
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "custom_op_library",
     "kernels_library",
     "load",
+    "ort_session",
     "save_pretrained",
     "tensorrt_plugin_library",
 ]
