@@ -65,7 +65,21 @@ def _prepare_model(model_or_path, dtype) -> torch.nn.Module:
     return model.eval()
 
 
-def _reserve_output(out_dir: Path, overwrite: bool) -> None:
+@contextlib.contextmanager
+def quiet_exporter():
+    """The exporter narrates on stdout and warns about unrelated registries (torchvision)."""
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        registry_log.setLevel(level)
+
+
+def reserve_output(out_dir: Path, overwrite: bool) -> None:
     existing = [p for p in (out_dir / "model.onnx", out_dir / "export.json") if p.exists()]
     if existing and not overwrite:
         raise MambaExportError(f"{out_dir} already holds an export ({existing[0].name}); use --overwrite to replace it")
@@ -77,13 +91,8 @@ def _trace(model: torch.nn.Module, opset: int):
     ids = torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQUENCE, dtype=torch.long)
     state = [t for pair in model.empty_state(EXAMPLE_BATCH) for t in pair]
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    # The exporter narrates on stdout and warns about unrelated registries (torchvision).
-    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registry_log.level
-    registry_log.setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
+    with quiet_exporter():
+        return torch.onnx.export(
             _FlatStateLM(model),
             (ids, state),
             dynamo=True,
@@ -95,8 +104,6 @@ def _trace(model: torch.nn.Module, opset: int):
             optimize=True,
             verbose=False,
         )
-    registry_log.setLevel(level)
-    return program
 
 
 def _finish(proto: onnx.ModelProto, portable: bool, metadata: dict) -> onnx.ModelProto:
@@ -109,7 +116,7 @@ def _finish(proto: onnx.ModelProto, portable: bool, metadata: dict) -> onnx.Mode
     return proto
 
 
-def _versions() -> dict:
+def tool_versions() -> dict:
     import onnxscript
 
     return {"mamba_export": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
@@ -119,11 +126,12 @@ def _versions() -> dict:
 def export_onnx(
     model_or_path,
     out_dir: str | os.PathLike,
-    *,
+    *module_args,
     dtype=None,
     opset: int = DEFAULT_OPSET,
     portable: bool = False,
     overwrite: bool = False,
+    **module_options,
 ) -> Path:
     """Exports a Mamba LM (a model or a checkpoint path/hub id) to ``out_dir/model.onnx``.
 
@@ -131,9 +139,20 @@ def export_onnx(
     versions). ``portable=True`` replaces the custom ops by standard ONNX ops (runs in any
     ONNX Runtime, slower). Refuses to replace an existing export unless ``overwrite``.
     Returns the path of model.onnx.
+
+    ``export_onnx(module, example_inputs, out_dir, ...)``, with a tensor or a tuple of tensors
+    second, exports any nn.Module that calls a selective scan: ``module_export.export_module``.
     """
+    if isinstance(out_dir, (torch.Tensor, tuple, list)):
+        from .module_export import export_module
+
+        return export_module(model_or_path, out_dir, *module_args, dtype=dtype, opset=opset, portable=portable,
+                             overwrite=overwrite, **module_options)  # fmt: skip
+    if module_args or module_options:
+        raise TypeError("export_onnx(model_or_path, out_dir) of a language model takes no further arguments "
+                        "except dtype, opset, portable, overwrite")  # fmt: skip
     out_dir = Path(out_dir)
-    _reserve_output(out_dir, overwrite)
+    reserve_output(out_dir, overwrite)
     model = _prepare_model(model_or_path, dtype)
     cfg = model.config
     model_dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
@@ -154,17 +173,30 @@ def export_onnx(
             "ssm": {"shape": ["batch", cfg.d_inner, cfg.d_state], "dtype": "float32"},
             "zeros_mean": "start of sequence",
         },
-        "versions": _versions(),
+        "versions": tool_versions(),
     }
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    info["external_data"] = weight_bytes > EXTERNAL_DATA_THRESHOLD
+    info["external_data"] = needs_external_data(model)
+    return write_export(out_dir, program, info, ("architecture", "config", "portable"), started)
 
+
+def needs_external_data(model: torch.nn.Module) -> bool:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_THRESHOLD
+
+
+def write_export(out_dir: Path, program, info: dict, metadata_keys, started: float, describe=None) -> Path:
+    """Saves ``program`` (a torch.onnx ONNXProgram) as out_dir/model.onnx and ``info`` as export.json.
+
+    ``metadata_keys``: entries of ``info`` also stored in the model's metadata. ``describe``:
+    optional ``proto -> dict`` whose entries are added to ``info`` from the graph as traced.
+    """
     # Write into a scratch folder and move into place, so a failure leaves no half export.
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as scratch:
         path = Path(scratch) / "model.onnx"
         program.save(str(path), external_data=info["external_data"])
         proto = onnx.load(str(path), load_external_data=False)  # weights stay where they are
-        proto = _finish(proto, portable, {k: info[k] for k in ("architecture", "config", "portable")})
+        if describe is not None:
+            info.update(describe(proto))
+        proto = _finish(proto, info["portable"], {k: info[k] for k in metadata_keys})
         onnx.save_model(proto, str(path))
         onnx.checker.check_model(str(path))
         info["export_seconds"] = round(time.perf_counter() - started, 2)
