@@ -1,0 +1,231 @@
+"""Validate the export of any nn.Module that calls a selective scan against eager PyTorch.
+
+The export (exported here unless the directory already holds it) runs in ONNX Runtime on
+random inputs shaped like the example inputs, at another batch size when the batch is
+dynamic; every output is compared with the eager module run in float32 (max abs / max
+relative error, tolerance by the exported dtype, as ``mamba-export validate`` does for LMs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils._pytree import tree_leaves
+
+from . import console
+from .errors import MambaExportError, MissingDependencyError
+from .export.module_export import as_input_tuple, export_module
+from .export.onnx_export import read_export_info
+from .intercept import route_scans
+from .validate import TOLERANCES, _max_abs_diff
+
+MODULE_BACKENDS = {
+    "ort": "ONNX Runtime, CPU, with the mamba custom-op library",
+    "ort-portable": "ONNX Runtime, CPU, standard ONNX ops only (no custom-op library)",
+    "ort-cuda": "ONNX Runtime, CUDA execution provider, with the mamba custom-op library",
+}
+REFERENCES = {
+    "routed": "eager float32, scans routed to mamba::selective_scan (its reference on the CPU)",
+    "module": "eager float32, the module as written (its own scan functions must run on the CPU)",
+}
+
+
+@dataclass
+class ModuleValidationReport:
+    backend: str
+    model: str
+    dtype: str
+    batch: int
+    reference: str
+    outputs: list[dict]  # name, shape, max_abs_err, max_rel_err, passed
+    tolerance: float
+    passed: bool
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def table(self) -> str:
+        head = (f"{self.backend} vs eager PyTorch (float32, {self.reference}) | {self.model} | {self.dtype} | "
+                f"batch {self.batch}")  # fmt: skip
+        lines = [head, f"  {'output':<16} {'shape':<20} {'max abs err':>12} {'max rel err':>12}"]
+        for o in self.outputs:
+            shape = "[" + ", ".join(map(str, o["shape"])) + "]"
+            verdict = "ok" if o["passed"] else f"> {self.tolerance:.0e}"
+            errors = f"{o['max_abs_err']:>12.3e} {o['max_rel_err']:>12.3e}"
+            lines.append(f"  {o['name']:<16} {shape:<20} {errors}  {verdict}")
+        lines.append(f"  {'result':<16} {'PASSED' if self.passed else 'FAILED'}")
+        return "\n".join(lines)
+
+
+def _signature(inputs) -> list[dict]:
+    """What identifies an export's interface apart from the (dynamic) batch."""
+    return [{"shape": list(t.shape[1:]), "dtype": str(t.dtype).removeprefix("torch.")} for t in inputs]
+
+
+def ensure_module_export(module, inputs, export_dir: Path, *, portable: bool, source: str,
+                         overwrite: bool = False) -> dict:
+    """Reuses ``export_dir`` when it holds this model's export in this form, else exports; returns export.json."""
+    if (export_dir / "export.json").is_file() and not overwrite:
+        info = read_export_info(export_dir)
+        held = [{"shape": i["shape"][1:], "dtype": i["dtype"]} for i in info.get("inputs", [])]
+        if (info.get("kind"), info.get("source"), info.get("portable"), held) == (
+            "module", source, portable, _signature(inputs)
+        ):
+            console.info(f"Using the export in {export_dir}")
+            return info
+        raise MambaExportError(
+            f"{export_dir} holds another export ({info.get('source')}, portable={info.get('portable')}), not "
+            f"{source} (portable={portable}) with these inputs; choose another directory or pass --overwrite"
+        )
+    kind = "portable ONNX" if portable else "ONNX"
+    with console.step(f"Exporting {source} to {kind} in {export_dir}"):
+        export_module(module, inputs, export_dir, portable=portable, overwrite=overwrite, source=source)
+    return read_export_info(export_dir)
+
+
+def _session(export_dir: Path, backend: str):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("validation needs onnxruntime (pip install onnxruntime)") from None
+    path = export_dir / "model.onnx"
+    if backend == "ort-portable":
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if backend == "ort-cuda":
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise MambaExportError("backend ort-cuda: this onnxruntime has no CUDA execution provider "
+                                   "(install onnxruntime-gpu on a machine with a GPU)")  # fmt: skip
+        providers.insert(0, "CUDAExecutionProvider")
+    from .runtime.ort import ort_session
+
+    return ort_session(path, providers=providers)
+
+
+def random_inputs(inputs, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Normal noise of the inputs' shapes at ``batch``; non-floating inputs repeat the example's rows."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in inputs:
+        shape = (batch, *t.shape[1:]) if t.dim() else ()
+        if t.is_floating_point():
+            out.append(torch.randn(shape, generator=g).to(t.dtype))
+        else:
+            out.append(t[torch.arange(batch) % t.shape[0]] if t.dim() else t)
+    return tuple(out)
+
+
+def _eager_float32(module, inputs, reference: str) -> list[torch.Tensor]:
+    ref = copy.deepcopy(module).float().eval()
+    args = tuple(t.float() if t.is_floating_point() else t for t in inputs)
+    routing = route_scans(ref) if reference == "routed" else contextlib.nullcontext()
+    with torch.no_grad(), routing:
+        return [t for t in tree_leaves(ref(*args)) if isinstance(t, torch.Tensor)]
+
+
+def validate_module(module: torch.nn.Module, example_inputs, export_dir=None, *, backend: str = "ort",
+                    batch: int | None = None, seed: int = 0, reference: str = "routed", overwrite: bool = False,
+                    source: str | None = None, json_path=None) -> ModuleValidationReport:
+    """Exports ``module`` (unless ``export_dir`` holds its export) and compares ``backend`` with eager.
+
+    ``batch``: the batch size run (default: the example's + 1 when the export's batch is
+    dynamic, to exercise it). ``reference``: "routed" (default) runs the eager module with
+    its scans routed to mamba::selective_scan, which runs anywhere; "module" runs it as
+    written. ``export_dir`` None: a temporary directory.
+    """
+    if backend not in MODULE_BACKENDS:
+        raise MambaExportError(f"unknown backend '{backend}'; choose from {', '.join(MODULE_BACKENDS)}")
+    if reference not in REFERENCES:
+        raise MambaExportError(f"unknown reference '{reference}'; choose from {', '.join(REFERENCES)}")
+    inputs = as_input_tuple(example_inputs)
+    if any(t.dtype == torch.bfloat16 for t in inputs):  # numpy, hence ORT's Python feeds, has no bfloat16
+        raise MambaExportError("bfloat16 inputs cannot be fed to ONNX Runtime from Python; validate in float16 "
+                               "or float32")  # fmt: skip
+    source = source or f"{type(module).__module__}.{type(module).__qualname__}"
+    with contextlib.ExitStack() as stack:
+        if export_dir is None:
+            export_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mamba-export-"))
+        export_dir = Path(export_dir)
+        info = ensure_module_export(module, inputs, export_dir, portable=backend == "ort-portable", source=source,
+                                    overwrite=overwrite)  # fmt: skip
+        example_batch = inputs[0].shape[0] if inputs[0].dim() else 1
+        if batch is None:
+            batch = example_batch + 1 if info["dynamic_batch"] else example_batch
+        if batch < 1:
+            raise MambaExportError(f"batch must be at least 1, got {batch}")
+        run_inputs = random_inputs(inputs, batch, seed)
+        with console.step(f"Running {backend} and eager PyTorch at batch {batch}"):
+            session = _session(export_dir, backend)
+            feeds = {i["name"]: t.numpy() for i, t in zip(info["inputs"], run_inputs)}
+            got = [torch.from_numpy(a) for a in session.run([o["name"] for o in info["outputs"]], feeds)]
+            expected = _eager_float32(module, run_inputs, reference)
+    if len(got) != len(expected):
+        raise MambaExportError(f"the export has {len(got)} outputs, the eager module returns {len(expected)} tensors")
+    tolerance = TOLERANCES.get(info["dtype"], TOLERANCES["float32"])[0]
+    outputs = []
+    for meta, out, ref in zip(info["outputs"], got, expected):
+        abs_err = _max_abs_diff(out, ref) if out.shape == ref.shape else float("inf")
+        rel_err = abs_err / max(ref.abs().max().item() if ref.numel() else 0.0, 1e-12)
+        outputs.append({"name": meta["name"], "shape": list(out.shape), "max_abs_err": abs_err,
+                        "max_rel_err": rel_err, "passed": rel_err <= tolerance})  # fmt: skip
+    report = ModuleValidationReport(
+        backend=backend, model=source, dtype=info["dtype"], batch=batch, reference=reference, outputs=outputs,
+        tolerance=tolerance, passed=all(o["passed"] for o in outputs),
+    )  # fmt: skip
+    if json_path:
+        Path(json_path).write_text(report.to_json() + "\n")
+    return report
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape such as 1,3,64,64, got '{text}'") from None
+    if any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"dimensions must be at least 1, got '{text}'")
+    return dims
+
+
+def add_module_validate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``mamba-export validate --entry`` (any nn.Module; docs/custom-models.md)."""
+    g = parser.add_argument_group("any PyTorch model (instead of MODEL; docs/custom-models.md)")
+    g.add_argument("--entry", metavar="MODULE:FACTORY",
+                   help="validate the nn.Module that FACTORY() returns, e.g. my_pkg.models:build_model")
+    g.add_argument("--input-shape", metavar="D0,D1,...", type=_shape, action="append",
+                   help="shape of one input of forward, repeated per input in order; dim 0 is the batch")
+    g.add_argument("--input-dtype", choices=["float32", "float16"],
+                   help="type of the random inputs (default: that of --dtype)")
+    g.add_argument("--reference", choices=list(REFERENCES), default="routed",
+                   help="; ".join(f"{k}: {v}" for k, v in REFERENCES.items()) + " (default: routed)")
+
+
+def run_module_validate(args: argparse.Namespace) -> int:
+    """``mamba-export validate --entry ...``: returns the exit status (1 when outside tolerance)."""
+    from .entry_point import load_entry_point
+    from .loading import resolve_dtype
+
+    if args.model:
+        raise MambaExportError("give MODEL or --entry, not both")
+    if not args.input_shape:
+        raise MambaExportError("--entry needs --input-shape for each input of forward (e.g. --input-shape 1,3,64,64)")
+    if args.backend not in MODULE_BACKENDS:
+        raise MambaExportError(f"--entry: --backend must be one of {', '.join(MODULE_BACKENDS)}")
+    dtype = resolve_dtype(args.dtype) or torch.float32
+    input_dtype = getattr(torch, args.input_dtype) if args.input_dtype else dtype
+    with console.step(f"Loading {args.entry}"):
+        module = load_entry_point(args.entry).to(dtype)
+    g = torch.Generator().manual_seed(args.seed)
+    inputs = tuple(torch.randn(shape, generator=g).to(input_dtype) for shape in args.input_shape)
+    report = validate_module(module, inputs, args.onnx, backend=args.backend, seed=args.seed,
+                             reference=args.reference, overwrite=args.overwrite, source=args.entry,
+                             json_path=args.json)  # fmt: skip
+    print(report.table())
+    return 0 if report.passed else 1
