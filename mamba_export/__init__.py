@@ -15,9 +15,19 @@ __all__ = [
     "MambaExportError",
     "MissingDependencyError",
     "custom_op_library",
+    "export_onnx",
     "kernels_library",
     "load",
     "ort_session",
     "save_pretrained",
     "tensorrt_plugin_library",
 ]
+
+
+def __getattr__(name: str):
+    # export_onnx needs onnx and onnxscript (optional dependencies): imported on first use.
+    if name == "export_onnx":
+        from .export.onnx_export import export_onnx
+
+        return export_onnx
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
