@@ -224,6 +224,8 @@ def run_module_validate(args: argparse.Namespace) -> int:
         module = load_entry_point(args.entry).to(dtype)
     g = torch.Generator().manual_seed(args.seed)
     inputs = tuple(torch.randn(shape, generator=g).to(input_dtype) for shape in args.input_shape)
+    if args.onnx is None:
+        console.info("Exporting to a temporary directory (pass --onnx DIR to keep the export)")
     report = validate_module(module, inputs, args.onnx, backend=args.backend, seed=args.seed,
                              reference=args.reference, overwrite=args.overwrite, source=args.entry,
                              json_path=args.json)  # fmt: skip
