@@ -6,6 +6,7 @@ from .loading import load, save_pretrained
 from .native import custom_op_library, kernels_library, tensorrt_plugin_library
 from .ops import ContractError
 from .runtime import ort_session
+from .tensorrt import build_engine
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,7 @@ __all__ = [
     "ContractError",
     "MambaExportError",
     "MissingDependencyError",
+    "build_engine",
     "custom_op_library",
     "export_onnx",
     "kernels_library",

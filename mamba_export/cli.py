@@ -1,4 +1,4 @@
-"""The `mamba-export` command line: export, validate, generate."""
+"""The `mamba-export` command line: export, validate, generate, bench, build-engine."""
 
 from __future__ import annotations
 
@@ -90,6 +90,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
     p.add_argument("--seed", type=int, default=None)
 
+    from .tensorrt import DEFAULT_BATCH, DEFAULT_SEQUENCE
+
+    p = sub.add_parser("build-engine", help="build a TensorRT engine (.plan) with the mamba plugin",
+                       epilog=EPILOG + " MODEL_OR_ONNX may also be an export directory or its model.onnx.",
+                       description="Parse the ONNX export (exporting MODEL first when it is a checkpoint) with "
+                       "TensorRT's ONNX parser, which maps every mamba.SelectiveScan node to the plugin, and build "
+                       "an engine with two optimisation profiles: prefill (the sequence range) and decode "
+                       "(sequence 1). Writes PLAN and PLAN.json (export info, profiles, TensorRT version).")
+    p.add_argument("model", metavar="MODEL_OR_ONNX", nargs="?", help="checkpoint, hub id, export directory or .onnx")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    p.add_argument("-o", "--output", metavar="PLAN", type=Path, required=True, help="engine file to write")
+    precision = p.add_mutually_exclusive_group()
+    for flag, dtype in (("--fp16", "float16"), ("--bf16", "bfloat16")):
+        precision.add_argument(flag, action="store_true",
+                               help=f"{dtype} engine: a checkpoint is exported in {dtype}; an ONNX input must be one")
+    for dim, flag, default in (("batch", "batch", DEFAULT_BATCH), ("prefill sequence length", "seq", DEFAULT_SEQUENCE)):
+        for bound in ("min", "opt", "max"):
+            p.add_argument(f"--{bound}-{flag}", type=int, metavar="N",
+                           help=f"{bound} {dim} (default: {getattr(default, bound)})")
+    p.add_argument("--workspace", type=int, metavar="MIB", help="limit of TensorRT's scratch memory, MiB")
+    p.add_argument("--timing-cache", type=Path, metavar="FILE", help="timing cache to read if present and update")
+    p.add_argument("--onnx", metavar="DIR", type=Path,
+                   help="with a checkpoint: export directory to use or export into (default: a temporary one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing PLAN (and a mismatching --onnx DIR)")
+    p.add_argument("--verbose", action="store_true", help="print all of TensorRT's log messages")
+
     from .bench import PUBLISHED
 
     p = sub.add_parser("bench", help="time prefill and decode across backends; write bench.{json,md,png}",
@@ -121,7 +147,7 @@ def _positive(args, *names):
 @contextlib.contextmanager
 def _export_dir(args):
     """--onnx DIR, or a temporary directory removed afterwards."""
-    if args.onnx is not None or args.backend == "torch":
+    if args.onnx is not None or getattr(args, "backend", None) == "torch":
         yield args.onnx
         return
     with tempfile.TemporaryDirectory(prefix="mamba-export-") as tmp:
@@ -210,6 +236,36 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_build_engine(args) -> int:
+    from .backends.factory import ensure_export
+    from .tensorrt import DEFAULT_BATCH, DEFAULT_SEQUENCE, Profiles, ShapeRange, build_engine, check_plan_path
+    from .tensorrt import onnx_input, require_tensorrt
+
+    profiles = Profiles(
+        batch=ShapeRange.of("batch", args.min_batch, args.opt_batch, args.max_batch, DEFAULT_BATCH),
+        sequence=ShapeRange.of("sequence", args.min_seq, args.opt_seq, args.max_seq, DEFAULT_SEQUENCE),
+    )
+    if args.workspace is not None and args.workspace < 1:
+        raise MambaExportError("--workspace must be at least 1 (MiB)")
+    dtype = "fp16" if args.fp16 else "bf16" if args.bf16 else None
+    options = dict(profiles=profiles, dtype=dtype, timing_cache=args.timing_cache, overwrite=args.overwrite,
+                   workspace=args.workspace and args.workspace << 20, verbose=args.verbose)  # fmt: skip
+    onnx_path = onnx_input(args.model)
+    if onnx_path is not None:
+        if args.onnx is not None:
+            raise MambaExportError("--onnx DIR is for a checkpoint; MODEL_OR_ONNX is already an export")
+        print(build_engine(onnx_path, args.output, **options))
+        return 0
+    args.model = _model_arg(args)
+    check_plan_path(args.output, args.overwrite)
+    require_tensorrt()  # before the export, which can take minutes
+    model = _load(args.model, dtype or "fp32")
+    with _export_dir(args) as export_dir:
+        ensure_export(model, export_dir, portable=False, overwrite=args.overwrite)
+        print(build_engine(export_dir / "model.onnx", args.output, **options))
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .bench import Settings, random_model, run_bench, write_reports
 
@@ -237,7 +293,8 @@ def _cmd_bench(args) -> int:
     return 0 if all(r["status"] != "failed validation" for r in results) else 1
 
 
-COMMANDS = {"export": _cmd_export, "validate": _cmd_validate, "generate": _cmd_generate, "bench": _cmd_bench}
+COMMANDS = {"export": _cmd_export, "validate": _cmd_validate, "generate": _cmd_generate, "bench": _cmd_bench,
+            "build-engine": _cmd_build_engine}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

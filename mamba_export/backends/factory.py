@@ -17,11 +17,12 @@ BACKENDS = {
     "torch": "eager PyTorch (the scan through the torch op)",
     "ort": "ONNX Runtime, CPU, with the mamba custom-op library",
     "ort-portable": "ONNX Runtime, CPU, standard ONNX ops only (no custom-op library)",
+    "trt": "TensorRT engine with the mamba plugin, CUDA (built into the export directory)",
 }
 
 
 def needs_export(backend: str) -> bool:
-    return backend.startswith("ort")
+    return backend.startswith("ort") or backend == "trt"
 
 
 def ensure_export(model: torch.nn.Module, export_dir: Path, *, portable: bool, overwrite: bool = False) -> Path:
@@ -43,14 +44,17 @@ def ensure_export(model: torch.nn.Module, export_dir: Path, *, portable: bool, o
     return export_dir
 
 
-def backend_unavailable(name: str, device: str = "cpu") -> str | None:
-    """Why backend ``name`` cannot run on ``device`` here, or None when it can."""
+def backend_unavailable(name: str, device: str | None = None) -> str | None:
+    """Why backend ``name`` cannot run on ``device`` (None: its usual one) here, or None when it can."""
     if name not in BACKENDS:
         return f"unknown backend '{name}'; choose from {', '.join(BACKENDS)}"
+    device = device or ("cuda" if name == "trt" else "cpu")
     if name == "torch":
         if device.startswith("cuda") and not torch.cuda.is_available():
             return "no CUDA device visible to PyTorch"
         return None
+    if name == "trt":
+        return _trt_unavailable(device)
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -60,19 +64,58 @@ def backend_unavailable(name: str, device: str = "cpu") -> str | None:
     return None
 
 
+def _trt_unavailable(device: str) -> str | None:
+    from ..errors import MissingDependencyError
+    from ..native import tensorrt_plugin_library
+    from ..tensorrt import import_tensorrt
+
+    if not device.startswith("cuda"):
+        return "trt runs on CUDA; use --device cuda"
+    try:
+        import_tensorrt()
+        tensorrt_plugin_library()
+    except MissingDependencyError as e:
+        return str(e)
+    if not torch.cuda.is_available():
+        return "no CUDA device visible to PyTorch"
+    return None
+
+
+def ensure_engine(export_dir: Path, overwrite: bool = False) -> Path:
+    """export_dir/model.plan for the export in ``export_dir``: reused when built from it, else built."""
+    from ..tensorrt import build_engine, read_engine_info
+
+    plan = export_dir / "model.plan"
+    if plan.is_file():
+        if read_engine_info(plan)["export"] == read_export_info(export_dir):
+            console.info(f"Using the engine {plan}")
+            return plan
+        if not overwrite:
+            raise MambaExportError(f"{plan} was built from another export; pass --overwrite to rebuild it")
+    return build_engine(export_dir / "model.onnx", plan, overwrite=True)
+
+
 def open_backend(name: str, model: torch.nn.Module, *, export_dir: Path | None = None,
-                 overwrite: bool = False, device: str | torch.device = "cpu") -> Backend:
-    """``model`` is the eager model in the dtype to run, on the CPU; it is not modified."""
-    reason = backend_unavailable(name, str(device))
+                 overwrite: bool = False, device: str | torch.device | None = None) -> Backend:
+    """``model`` is the eager model in the dtype to run, on the CPU; it is not modified.
+    ``device``: where to run, None for the backend's usual device (trt: CUDA, others: CPU)."""
+    reason = backend_unavailable(name, None if device is None else str(device))
     if reason:
         raise MambaExportError(f"backend {name}: {reason}")
     if name == "torch":
+        device = device or "cpu"
         on_device = model if torch.device(device) == model.lm_head.weight.device else copy.deepcopy(model).to(device)
         return TorchBackend(on_device)
-    from .ort_backend import OrtBackend
-
     if export_dir is None:
         raise MambaExportError(f"the {name} backend needs an export directory")
     ensure_export(model, export_dir, portable=name == "ort-portable", overwrite=overwrite)
+    if name == "trt":
+        from .trt_backend import TrtBackend
+
+        plan = ensure_engine(export_dir, overwrite)
+        with console.step(f"Loading the TensorRT engine {plan}"):
+            return TrtBackend(plan)
+    from .ort_backend import OrtBackend
+
     with console.step(f"Creating the ONNX Runtime session ({name})"):
         return OrtBackend(export_dir, name=name)
