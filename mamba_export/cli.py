@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", type=Path, help="also write the report as JSON")
+    from .validate_module import add_module_validate_arguments
+
+    add_module_validate_arguments(p)  # --entry module:factory --input-shape ...: any model using the scan
 
     p = sub.add_parser("generate", help="generate text, streaming, with the recurrent state cache",
                        epilog=EPILOG, description="Run the prompt once, then decode token by token from the state.")
@@ -184,6 +187,10 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_validate(args) -> int:
+    if args.entry:
+        from .validate_module import run_module_validate
+
+        return run_module_validate(args)
     from .backends.factory import open_backend
     from .backends.torch_backend import TorchBackend
     from .loading import resolve_dtype
