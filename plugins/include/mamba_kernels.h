@@ -54,9 +54,16 @@ typedef void (*mamba_parallel_for_fn)(void* ctx, size_t n, mamba_task_fn fn, voi
 MAMBA_API void mamba_selective_scan_cpu(const mamba_selective_scan_params* p, mamba_parallel_for_fn parallel_for,
                                         void* parallel_ctx);
 
-/* CUDA: enqueues on `stream` (a cudaStream_t). workspace must hold
+/* CUDA (libmamba_kernels.so): enqueues on `stream` (a cudaStream_t) on the calling thread's
+ * current device; all pointers are device memory of that device. workspace must hold
  * mamba_selective_scan_cuda_workspace_size(p) bytes of device memory (may be 0 -> NULL ok).
- * Returns a cudaError_t (0 = success) of the launch. */
+ * Returns a cudaError_t (0 = success) of the launch; cudaErrorInvalidValue (1) for a block
+ * that mamba_selective_scan_cuda_check rejects.
+ * final_state may be the same buffer as initial_state (the state updated in place, as in a
+ * generation loop); no other outputs may overlap inputs.
+ * mamba_selective_scan_cuda_check is the contract check plus the CUDA kernels' limits:
+ * dstate <= 256, batch * dim < 2^31 and seqlen < 2^31. */
+MAMBA_API const char* mamba_selective_scan_cuda_check(const mamba_selective_scan_params* p);
 MAMBA_API size_t mamba_selective_scan_cuda_workspace_size(const mamba_selective_scan_params* p);
 MAMBA_API int mamba_selective_scan_cuda(const mamba_selective_scan_params* p, void* workspace, void* stream);
 

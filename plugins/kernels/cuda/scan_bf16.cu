@@ -1,0 +1,6 @@
+// The selective scan kernels for __nv_bfloat16 activations (one file per type: they compile in parallel).
+#include "scan_launch.cuh"
+
+namespace mamba_cuda {
+template cudaError_t launch_scan<__nv_bfloat16>(const mamba_selective_scan_params&, const Plan&, cudaStream_t);
+}

@@ -1,0 +1,82 @@
+// Host side: launches the kernel and tiling that a Plan names.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "mamba_kernels.h"
+#include "scan_args.h"
+#include "scan_decode.cuh"
+#include "scan_plan.h"
+#include "scan_prefill.cuh"
+
+namespace mamba_cuda {
+
+// The tilings (Tiling<NS, R, TW, TR, WC, TT, max registers per thread>). All blocks run
+// the whole sequence, so they must be resident at once (a second wave would double the
+// time): the register caps leave room for the blocks the benchmark shapes need.
+using Direct16 = Tiling<4, 4, 1, 32, 4, 1, 168>;  // N <= 16
+template <int TT>
+using Chained16 = Tiling<4, 4, 2, 8, 1, TT, 168>;  // N <= 16, TT sub-chunks in parallel too
+using Direct32 = Tiling<4, 8, 1, 32, 4, 1, 128>;    // N <= 32
+using Direct64 = Tiling<4, 16, 1, 32, 4, 1, 128>;   // N <= 64
+using Direct128 = Tiling<4, 32, 1, 32, 8, 1, 128>;  // N <= 128
+using Direct256 = Tiling<8, 32, 1, 32, 8, 1, 255>;  // N <= 256
+
+inline bool aligned(const void* p, int64_t row_elements, int element_bytes, int width) {
+  return reinterpret_cast<uintptr_t>(p) % width == 0 && (row_elements * element_bytes) % width == 0;
+}
+
+template <typename T, class K>
+cudaError_t launch_prefill(ScanArgs a, int64_t batch, cudaStream_t stream) {
+  a.bpg = (a.cpg + K::Dc - 1) / K::Dc;
+  constexpr int wu = pack_align<T, Roles<T, K>::VE>(), wb = pack_align<T, Roles<T, K>::VB>(), e = sizeof(T);
+  a.vec = (aligned(a.u, a.L, e, wu) ? kVecU : 0) | (aligned(a.delta, a.L, e, wu) ? kVecDelta : 0) |
+          (a.z && aligned(a.z, a.L, e, wu) ? kVecZ : 0) | (aligned(a.y, a.L, e, wu) ? kVecY : 0) |
+          (aligned(a.B, a.L, e, wb) ? kVecB : 0) | (aligned(a.C, a.L, e, wb) ? kVecC : 0);
+  const int64_t blocks = batch * a.G * a.bpg;
+  const size_t smem = size_t(K::kSmemFloats) * sizeof(float);
+  auto kernel = scan_prefill<T, K>;
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<unsigned(blocks), K::kThreads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T, int NS>
+cudaError_t launch_decode(ScanArgs a, int R, int64_t rows, cudaStream_t stream) {
+  int log2_lanes = 0;
+  while ((1 << log2_lanes) < R) ++log2_lanes;
+  constexpr int ws = pack_align<float, NS>(), wbc = pack_align<T, NS>(), e = sizeof(T);
+  const bool state = aligned(a.A, a.N, 4, ws) && aligned(a.hT, a.N, 4, ws) && (!a.h0 || aligned(a.h0, a.N, 4, ws));
+  a.vec = (state ? kVecState : 0) | (aligned(a.B, a.N, e, wbc) ? kVecB : 0) | (aligned(a.C, a.N, e, wbc) ? kVecC : 0);
+  constexpr int kThreads = 64;  // small blocks: a batch-1 step still spreads over every SM
+  const int64_t blocks = (rows * R + kThreads - 1) / kThreads;
+  scan_decode<T, NS><<<unsigned(blocks), kThreads, 0, stream>>>(a, log2_lanes, rows);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_scan(const mamba_selective_scan_params& p, const Plan& plan, cudaStream_t stream) {
+  ScanArgs a{};
+  a.u = p.u, a.delta = p.delta, a.A = p.A, a.B = p.B, a.C = p.C, a.D = p.D, a.z = p.z;
+  a.delta_bias = p.delta_bias, a.h0 = p.initial_state, a.y = p.y, a.hT = p.final_state;
+  a.L = p.seqlen, a.dim = p.dim, a.N = int(p.dstate), a.G = int(p.groups), a.cpg = int(p.dim / p.groups);
+  a.softplus = p.delta_softplus;
+  switch (plan.kernel) {
+    case Kernel::kDecode4: return launch_decode<T, 4>(a, plan.decode_lanes, p.batch * p.dim, stream);
+    case Kernel::kDecode8: return launch_decode<T, 8>(a, plan.decode_lanes, p.batch * p.dim, stream);
+    case Kernel::kDirect16: return launch_prefill<T, Direct16>(a, p.batch, stream);
+    case Kernel::kChained16x4: return launch_prefill<T, Chained16<4>>(a, p.batch, stream);
+    case Kernel::kChained16x8: return launch_prefill<T, Chained16<8>>(a, p.batch, stream);
+    case Kernel::kDirect32: return launch_prefill<T, Direct32>(a, p.batch, stream);
+    case Kernel::kDirect64: return launch_prefill<T, Direct64>(a, p.batch, stream);
+    case Kernel::kDirect128: return launch_prefill<T, Direct128>(a, p.batch, stream);
+    case Kernel::kDirect256: return launch_prefill<T, Direct256>(a, p.batch, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace mamba_cuda

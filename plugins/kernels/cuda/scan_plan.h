@@ -1,0 +1,33 @@
+// Which kernel and tiling runs a parameter block (host side, no CUDA types).
+#pragma once
+
+#include "mamba_kernels.h"
+
+namespace mamba_cuda {
+
+// The kernels, by tiling (scan_launch.cuh): the decode step; for dstate <= 16 the direct
+// prefill and the chained one with 4 or 8 sub-chunks per tile; one prefill tiling per
+// larger dstate bucket.
+enum class Kernel {
+  kDecode4,
+  kDecode8,
+  kDirect16,
+  kChained16x4,
+  kChained16x8,
+  kDirect32,
+  kDirect64,
+  kDirect128,
+  kDirect256,
+};
+
+struct Plan {
+  Kernel kernel;
+  int decode_lanes;  // decode: threads per channel (a power of two up to 32)
+};
+
+// multiprocessors: of the device that runs the scan. The environment variable
+// MAMBA_KERNELS_SCAN_PLAN = direct, chained4 or chained8 forces the tiling of a prefill with
+// dstate <= 16 (for benchmarks, and for tests that reach every code path).
+Plan plan_scan(const mamba_selective_scan_params& p, int multiprocessors);
+
+}  // namespace mamba_cuda
