@@ -36,3 +36,37 @@ def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, ini
                 y[b, d, t] = acc
             final[b, d] = torch.tensor(h, dtype=torch.float64)
     return y, final
+
+
+def ssd_scan_naive(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None, dt_softplus=False,
+                   dt_min=0.0, dt_max=math.inf):
+    """Float64, one (b, h, t) step at a time over a [P, N] state, straight from docs/ops.md.
+    Made of float64 torch ops on the inputs, so autograd differentiates it too."""
+    x, dt, A, B, C = (t.double() for t in (x, dt, A, B, C))
+    batch, length, heads, head_dim = x.shape
+    groups, n_state = B.shape[2], B.shape[3]
+    ys, finals = [], []
+    for b in range(batch):
+        y_b, final_b = [], []
+        for h in range(heads):
+            g = h // (heads // groups)
+            S = initial_state[b, h].double() if initial_state is not None else x.new_zeros(head_dim, n_state)
+            y_h = []
+            for t in range(length):
+                step = dt[b, t, h] + (dt_bias[h].double() if dt_bias is not None else 0.0)
+                if dt_softplus:
+                    step = step if step > 20 else torch.log1p(torch.exp(step))
+                step = torch.clamp(step, dt_min, dt_max)
+                S = torch.exp(step * A[h]) * S + step * torch.outer(x[b, t, h], B[b, t, g])
+                y = S @ C[b, t, g]
+                if D is not None:
+                    y = y + D[h].double() * x[b, t, h]
+                if z is not None:
+                    zt = z[b, t, h].double()
+                    y = y * zt / (1 + torch.exp(-zt))
+                y_h.append(y)
+            y_b.append(torch.stack(y_h) if y_h else x.new_zeros(0, head_dim))
+            final_b.append(S)
+        ys.append(torch.stack(y_b, dim=1))  # [L, H, P]
+        finals.append(torch.stack(final_b))
+    return torch.stack(ys), torch.stack(finals)

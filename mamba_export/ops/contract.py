@@ -57,3 +57,23 @@ def check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state) -> 
     check_tensor(op, "z", z, (batch, dim, length), act)
     check_tensor(op, "delta_bias", delta_bias, (dim,), f32)
     check_tensor(op, "initial_state", initial_state, (batch, dim, d_state), f32)
+
+
+def check_ssd_scan(x, dt, A, B, C, D, z, dt_bias, initial_state) -> None:
+    op = "mamba::ssd_scan"
+    _require(x.dim() == 4, op, f"x must have shape [batch, seqlen, heads, headdim], got {_shape(x)}")
+    _require(x.dtype in ACTIVATION_DTYPES, op, f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    batch, length, heads, head_dim = x.shape
+    _require(B.dim() == 4, op, f"B must have shape [batch, seqlen, groups, dstate], got {_shape(B)}")
+    groups, d_state = B.shape[2], B.shape[3]
+    _require(groups >= 1 and heads % groups == 0, op, f"heads ({heads}) must be a multiple of groups ({groups})")
+    act = (x.dtype,)
+    f32 = (torch.float32,)
+    check_tensor(op, "dt", dt, (batch, length, heads), act)
+    check_tensor(op, "A", A, (heads,), f32)
+    check_tensor(op, "B", B, (batch, length, groups, d_state), act)
+    check_tensor(op, "C", C, (batch, length, groups, d_state), act)
+    check_tensor(op, "D", D, (heads,), f32)
+    check_tensor(op, "z", z, (batch, length, heads, head_dim), act)
+    check_tensor(op, "dt_bias", dt_bias, (heads,), f32)
+    check_tensor(op, "initial_state", initial_state, (batch, heads, head_dim, d_state), f32)

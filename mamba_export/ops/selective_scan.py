@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .autograd import register_recompute_autograd
 from .contract import ContractError  # noqa: F401  (re-exported: the op raises it)
 from .contract import check_selective_scan
 
@@ -19,16 +20,18 @@ from .contract import check_selective_scan
 _CHUNK = 128
 
 
-def _time_step(delta, delta_bias, delta_softplus):
+def time_step(delta, delta_bias, delta_softplus):
+    """delta [batch, channels, L] (+ delta_bias [channels]), softplus'ed as docs/ops.md says, in float32."""
     delta = delta.float()
     if delta_bias is not None:
         delta = delta + delta_bias.float()[:, None]
     return F.softplus(delta) if delta_softplus else delta
 
 
-def _skip_and_gate(y, uf, D, z):
+def skip_and_gate(y, uf, D, z):
+    """y + D * u, then the SiLU gate; D [channels] scales dim 1 of u [batch, channels, ...]."""
     if D is not None:
-        y = y + D.float()[:, None] * uf
+        y = y + D.float().view(-1, *[1] * (uf.dim() - 2)) * uf
     return y * F.silu(z.float()) if z is not None else y
 
 
@@ -52,7 +55,7 @@ def selective_scan_reference(
     """
     batch, dim, length = u.shape
     groups, d_state = B.shape[1], A.shape[1]
-    delta = _time_step(delta, delta_bias, delta_softplus)
+    delta = time_step(delta, delta_bias, delta_softplus)
     # Channel d reads B/C of group d // (dim / groups).
     Bd = B.float().repeat_interleave(dim // groups, dim=1)  # [batch, dim, N, L]
     Cd = C.float().repeat_interleave(dim // groups, dim=1)
@@ -71,7 +74,7 @@ def selective_scan_reference(
             h = dA[:, :, i] * h + dBu[:, :, i]
             ys.append((h * Ct[:, :, :, i]).sum(-1))
     y = torch.stack(ys, dim=-1) if ys else uf.new_zeros(batch, dim, 0)
-    y = _skip_and_gate(y, uf, D, z)
+    y = skip_and_gate(y, uf, D, z)
     return y.to(u.dtype), h
 
 
@@ -97,15 +100,6 @@ def selective_scan(
 def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None, delta_softplus=False):
     check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
     return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
-
-
-_INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*(t for t in inputs[: len(_INPUTS)] if t is not None))
-    ctx.present = [t is not None for t in inputs[: len(_INPUTS)]]
-    ctx.delta_softplus = inputs[len(_INPUTS)]
 
 
 class _LinearRecurrence(torch.autograd.Function):
@@ -141,7 +135,7 @@ def _scan_for_autograd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     backward differentiates (tests/test_scan_backward.py holds it to the reference)."""
     batch, dim, length = u.shape
     groups, d_state = B.shape[1], A.shape[1]
-    delta = _time_step(delta, delta_bias, delta_softplus)
+    delta = time_step(delta, delta_bias, delta_softplus)
     uf = u.float()
     # [L, batch, groups, dim // groups, N], contiguous so that each time step is one
     # block of memory; channels broadcast over their group's B and C.
@@ -160,24 +154,8 @@ def _scan_for_autograd(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
         h = hs[-1]
     else:
         y, h = uf.new_zeros(batch, dim, 0), h0
-    y = _skip_and_gate(y, uf, D, z)
+    y = skip_and_gate(y, uf, D, z)
     return y.to(u.dtype), h.reshape(batch, dim, d_state)
 
 
-def _backward(ctx, grad_y, grad_state):
-    # Training is not the hot path here (inference export is): differentiate a
-    # pure-PyTorch formulation of the reference instead of keeping a second kernel.
-    saved = iter(ctx.saved_tensors)
-    args = [next(saved).detach().requires_grad_() if present else None for present in ctx.present]
-    with torch.enable_grad():
-        y, state = _scan_for_autograd(*args, delta_softplus=ctx.delta_softplus)
-        outs, grads = [y], [grad_y]
-        if grad_state is not None:
-            outs.append(state)
-            grads.append(grad_state)
-        wrt = [a for a in args if a is not None]
-        g = iter(torch.autograd.grad(outs, wrt, grads, allow_unused=True))
-    return (*[next(g) if a is not None else None for a in args], None)
-
-
-selective_scan.register_autograd(_backward, setup_context=_setup_context)
+register_recompute_autograd(selective_scan, _scan_for_autograd, n_tensors=9)
