@@ -55,27 +55,30 @@ def selective_scan_reference(
     """
     batch, dim, length = u.shape
     groups, d_state = B.shape[1], A.shape[1]
-    delta = time_step(delta, delta_bias, delta_softplus)
-    # Channel d reads B/C of group d // (dim / groups).
-    Bd = B.float().repeat_interleave(dim // groups, dim=1)  # [batch, dim, N, L]
-    Cd = C.float().repeat_interleave(dim // groups, dim=1)
-    uf, Af = u.float(), A.float()
+    # Channels as [groups, dim / groups]: channel d reads B/C of group d // (dim / groups).
+    grouped = (batch, groups, dim // groups)
+    uf = u.float()
+    dt = time_step(delta, delta_bias, delta_softplus).view(*grouped, length)
+    dtu = dt * uf.view(*grouped, length)
+    Ag = A.float().view(groups, dim // groups, 1, d_state)
+    Bf, Cf = B.float().unsqueeze(2), C.float().unsqueeze(2)  # [batch, groups, 1, N, L]
 
-    h = u.new_zeros(batch, dim, d_state, dtype=torch.float32)
+    h = u.new_zeros(*grouped, d_state, dtype=torch.float32)
     if initial_state is not None:
-        h = h + initial_state.float()
+        h = h + initial_state.float().view(*grouped, d_state)
     ys = []
     for start in range(0, length, _CHUNK):
         t = slice(start, min(start + _CHUNK, length))
-        dA = torch.exp(delta[:, :, t, None] * Af[:, None, :])  # [batch, dim, T, N]
-        dBu = (delta[:, :, t] * uf[:, :, t])[..., None] * Bd[:, :, :, t].transpose(2, 3)
-        Ct = Cd[:, :, :, t]
-        for i in range(dA.shape[2]):
-            h = dA[:, :, i] * h + dBu[:, :, i]
-            ys.append((h * Ct[:, :, :, i]).sum(-1))
-    y = torch.stack(ys, dim=-1) if ys else uf.new_zeros(batch, dim, 0)
+        # Time-major [T, batch, groups, dim / groups, N], so each step reads contiguous memory.
+        dA = torch.exp(dt[..., t, None] * Ag).movedim(3, 0).contiguous()
+        dBu = (dtu[..., t, None] * Bf[..., t].transpose(-1, -2)).movedim(3, 0).contiguous()
+        Ct = Cf[..., t].movedim(-1, 0).transpose(-1, -2).contiguous()  # [T, batch, groups, N, 1]
+        for i in range(dA.shape[0]):
+            h = dA[i] * h + dBu[i]
+            ys.append(h @ Ct[i])  # sum over N: [batch, groups, dim / groups, 1]
+    y = torch.cat(ys, dim=-1).view(batch, dim, length) if ys else uf.new_zeros(batch, dim, 0)
     y = skip_and_gate(y, uf, D, z)
-    return y.to(u.dtype), h
+    return y.to(u.dtype), h.view(batch, dim, d_state)
 
 
 @torch.library.custom_op("mamba::selective_scan", mutates_args=())
