@@ -8,7 +8,7 @@ import torch
 
 from ..errors import MissingDependencyError
 from ..export.onnx_export import read_export_info
-from ..models.mamba1 import Mamba1Config, zero_state
+from ..models import config_from_dict, zero_state
 from .base import State
 
 
@@ -34,7 +34,7 @@ class OrtBackend:
         self.output_names = self.info["outputs"]
 
     def empty_state(self, batch: int) -> State:
-        return zero_state(Mamba1Config.from_dict(self.info["config"]), batch, self.conv_dtype, self.device)
+        return zero_state(config_from_dict(self.info["config"]), batch, self.conv_dtype, self.device)
 
     def forward(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         flat = [t for pair in state for t in pair]

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MambaExportError, MissingDependencyError
-from ..models.mamba1 import Mamba1Config, zero_state
+from ..models import config_from_dict, zero_state
 from ..tensorrt import import_tensorrt, load_plugin, read_engine_info
 from ..tensorrt.compat import make_logger
 from .base import State
@@ -38,7 +38,7 @@ class TrtBackend:
         to_torch = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
                     trt.int32: torch.int32, trt.int64: torch.int64}  # fmt: skip
         self.dtypes = {name: to_torch[self.engine.get_tensor_dtype(name)] for name in self.input_names + self.output_names}
-        self.config = Mamba1Config.from_dict(export["config"])
+        self.config = config_from_dict(export["config"])
         self._profile = None
 
     def empty_state(self, batch: int) -> State:

@@ -1,8 +1,9 @@
 """Eager Mamba-1 language model with an explicit recurrent state.
 
 The parameter names follow Hugging Face's ``MambaForCausalLM`` so its state dicts load
-as they are. The scan goes through ``torch.ops.mamba.selective_scan`` (one ONNX node
-when exported). The state is a list with one ``(conv_state, ssm_state)`` pair per layer:
+as they are (the frame around the mixer is models/lm.py). The scan goes through
+``torch.ops.mamba.selective_scan`` (one ONNX node when exported). The state is a list with
+one ``(conv_state, ssm_state)`` pair per layer:
 
 * ``conv_state`` [batch, d_inner, d_conv - 1], the model dtype: the last d_conv - 1
   inputs of the causal convolution (the minimum it needs; zeros = start of sequence).
@@ -12,20 +13,18 @@ when exported). The state is a list with one ``(conv_state, ssm_state)`` pair pe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..ops import selective_scan  # noqa: F401  (registers torch.ops.mamba.selective_scan)
-from .norms import make_norm
-
-State = list[tuple[torch.Tensor, torch.Tensor]]
+from .lm import ConfigDict, MambaLMHeadModel
 
 
 @dataclass(frozen=True)
-class Mamba1Config:
+class Mamba1Config(ConfigDict):
     d_model: int
     n_layer: int
     vocab_size: int  # already padded to pad_vocab_size_multiple
@@ -49,23 +48,9 @@ class Mamba1Config:
         if self.d_inner is None:
             object.__setattr__(self, "d_inner", self.expand * self.d_model)
 
-    def to_dict(self) -> dict:
-        return {"architecture": self.architecture, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Mamba1Config:
-        return cls(**{k: v for k, v in data.items() if k != "architecture"})
-
-
-def zero_state(cfg: Mamba1Config, batch: int, dtype: torch.dtype, device=None) -> State:
-    """The state of a new sequence; ``dtype`` is the conv state's (the SSM state is float32)."""
-    return [
-        (
-            torch.zeros(batch, cfg.d_inner, cfg.d_conv - 1, dtype=dtype, device=device),
-            torch.zeros(batch, cfg.d_inner, cfg.d_state, dtype=torch.float32, device=device),
-        )
-        for _ in range(cfg.n_layer)
-    ]
+    def state_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per layer, without the batch: conv state [d_inner, d_conv - 1], SSM state [d_inner, d_state]."""
+        return (self.d_inner, self.d_conv - 1), (self.d_inner, self.d_state)
 
 
 class Mamba1Mixer(nn.Module):
@@ -106,58 +91,7 @@ class Mamba1Mixer(nn.Module):
         return self.out_proj(y.transpose(1, 2)), new_conv_state, new_ssm_state
 
 
-class Mamba1Block(nn.Module):
-    def __init__(self, cfg: Mamba1Config):
-        super().__init__()
-        self.residual_in_fp32 = cfg.residual_in_fp32
-        self.norm = make_norm(cfg.rms_norm, cfg.d_model, cfg.norm_eps)
-        self.mixer = Mamba1Mixer(cfg)
-
-    def forward(self, hidden, residual, conv_state, ssm_state):
-        # mamba_ssm's pre-norm block: the residual stream may be kept in float32.
-        residual = hidden if residual is None else residual + hidden
-        hidden = self.norm(residual.to(self.norm.weight.dtype))
-        if self.residual_in_fp32:
-            residual = residual.float()
-        hidden, conv_state, ssm_state = self.mixer(hidden, conv_state, ssm_state)
-        return hidden, residual, conv_state, ssm_state
-
-
-class Mamba1Backbone(nn.Module):
-    def __init__(self, cfg: Mamba1Config):
-        super().__init__()
-        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Mamba1Block(cfg) for _ in range(cfg.n_layer))
-        self.norm_f = make_norm(cfg.rms_norm, cfg.d_model, cfg.norm_eps)
-
-
-class Mamba1LMHeadModel(nn.Module):
+class Mamba1LMHeadModel(MambaLMHeadModel):
     """``model(input_ids, state=None) -> (logits, state)``; see the module docstring."""
 
-    def __init__(self, cfg: Mamba1Config):
-        super().__init__()
-        self.config = cfg
-        self.backbone = Mamba1Backbone(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.backbone.embeddings.weight
-
-    def empty_state(self, batch: int) -> State:
-        """Zero state: the same as starting a new sequence."""
-        w = self.lm_head.weight
-        return zero_state(self.config, batch, w.dtype, w.device)
-
-    def forward(self, input_ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        if state is None:
-            state = self.empty_state(input_ids.shape[0])
-        if len(state) != self.config.n_layer:
-            raise ValueError(f"state has {len(state)} layers, the model has {self.config.n_layer}")
-        hidden, residual = self.backbone.embeddings(input_ids), None
-        new_state = []
-        for layer, (conv_state, ssm_state) in zip(self.backbone.layers, state):
-            hidden, residual, conv_state, ssm_state = layer(hidden, residual, conv_state, ssm_state)
-            new_state.append((conv_state, ssm_state))
-        residual = residual + hidden
-        norm_f = self.backbone.norm_f
-        hidden = norm_f(residual.to(norm_f.weight.dtype))
-        return self.lm_head(hidden.to(self.lm_head.weight.dtype)), new_state
+    mixer = Mamba1Mixer

@@ -14,9 +14,30 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return (_rms_normalize(x.float(), self.eps) * self.weight.float()).to(x.dtype)
+
+
+def _rms_normalize(xf: torch.Tensor, eps: float) -> torch.Tensor:
+    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+
+
+class GatedRMSNorm(nn.Module):
+    """Mamba-2's norm after the scan: RMSNorm over groups of ``group_size`` channels (one per
+    B/C group), with a SiLU gate applied before normalising or, if ``norm_before_gate``, after."""
+
+    def __init__(self, size: int, group_size: int, eps: float, norm_before_gate: bool):
+        super().__init__()
+        self.eps, self.group_size, self.norm_before_gate = eps, group_size, norm_before_gate
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        xf, gate = x.float(), F.silu(gate.float())
+        if not self.norm_before_gate:
+            xf = xf * gate
+        xf = _rms_normalize(xf.unflatten(-1, (-1, self.group_size)), self.eps).flatten(-2) * self.weight.float()
+        if self.norm_before_gate:
+            xf = xf * gate
+        return xf.to(x.dtype)
 
 
 class LayerNorm(nn.Module):
