@@ -79,7 +79,7 @@ CONFIG_CASES = {
     "ssm_cfg not an object": (SSM, lambda d: edit_config(d, ssm_cfg=[4]), ["field 'ssm_cfg' must be an object"]),
     "ssm_cfg field type": (SSM, lambda d: edit_config(d, ssm_cfg={"d_state": 4.5}), ["'ssm_cfg.d_state' must be int"]),
     "hybrid (attention layers)": (SSM, lambda d: edit_config(d, attn_layer_idx=[1], d_intermediate=64), ["hybrid"]),
-    "Mamba2 layer": (SSM, lambda d: edit_config(d, ssm_cfg={"layer": "Mamba2"}), ["layer 'Mamba2' is not supported"]),
+    "unknown layer": (SSM, lambda d: edit_config(d, ssm_cfg={"layer": "Mamba3"}), ["layer 'Mamba3' is not supported"]),
 }
 
 

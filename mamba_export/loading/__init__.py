@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, MissingDependencyError
-from ..models import Mamba1Config, Mamba1LMHeadModel
+from ..models import Mamba1Config, Mamba2Config, MambaLMHeadModel, build_model
 from ..ops.contract import ACTIVATION_DTYPES
-from .configs import parse_config, read_json, to_hf_config
+from .configs import hf_layout_problem, parse_config, read_json, to_hf_config
 from .weights import WEIGHT_FILES, find_weights, read_weights
 
 _DTYPES = {
@@ -133,8 +133,8 @@ def _check_and_fill(model: torch.nn.Module, tensors: dict[str, torch.Tensor], fi
     model.load_state_dict(tensors, strict=False)
 
 
-def load(path_or_hub_id: str | os.PathLike, dtype=None, device="cpu") -> Mamba1LMHeadModel:
-    """Loads a Mamba checkpoint (HF or mamba_ssm layout) as the eager model, in eval mode.
+def load(path_or_hub_id: str | os.PathLike, dtype=None, device="cpu") -> MambaLMHeadModel:
+    """Loads a Mamba-1 or Mamba-2 checkpoint (HF or mamba_ssm layout) as the eager model, in eval mode.
 
     dtype: None (float32), 'auto' (the checkpoint's), a torch dtype or 'fp32'/'fp16'/'bf16'.
     """
@@ -145,7 +145,7 @@ def load(path_or_hub_id: str | os.PathLike, dtype=None, device="cpu") -> Mamba1L
     weights = find_weights(directory)
     tensors, file_names = _to_our_names(read_weights(weights), weights)
     with torch.device("meta"):
-        model = Mamba1LMHeadModel(cfg)
+        model = build_model(cfg)
     model.to_empty(device="cpu")
     if cfg.tie_embeddings:  # to_empty re-creates parameters; restore the tie
         model.lm_head.weight = model.backbone.embeddings.weight
@@ -168,16 +168,14 @@ def _write_atomically(target: Path, write) -> None:
         partial.unlink(missing_ok=True)
 
 
-def save_pretrained(model: Mamba1LMHeadModel, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+def save_pretrained(model: MambaLMHeadModel, directory: str | os.PathLike, overwrite: bool = False) -> Path:
     """Writes ``config.json`` + ``model.safetensors`` in the Hugging Face layout."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    if not model.config.rms_norm:  # writing it anyway would load as a different (RMSNorm) model
-        raise CheckpointError(
-            f"{directory}: the Hugging Face Mamba layout has RMSNorm only; this model uses LayerNorm "
-            "(a mamba_ssm checkpoint with rms_norm=false)"
-        )
+    problem = hf_layout_problem(model.config)
+    if problem:  # writing it anyway would load as a different model
+        raise CheckpointError(f"{directory}: {problem}")
     existing = [name for name in ("config.json", *WEIGHT_FILES) if (directory / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{directory} already holds {', '.join(existing)}; pass overwrite=True to replace it")
@@ -191,4 +189,4 @@ def save_pretrained(model: Mamba1LMHeadModel, directory: str | os.PathLike, over
     return directory
 
 
-__all__ = ["load", "save_pretrained", "resolve_checkpoint", "resolve_dtype", "Mamba1Config"]
+__all__ = ["load", "save_pretrained", "resolve_checkpoint", "resolve_dtype", "Mamba1Config", "Mamba2Config"]
