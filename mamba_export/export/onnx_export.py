@@ -2,10 +2,13 @@
 
 Interface of the exported graph (docs/export.md):
   inputs   input_ids [batch, sequence] int64, then per layer i
-           past_conv_state.{i} [batch, d_inner, d_conv-1] (model dtype)
-           past_ssm_state.{i}  [batch, d_inner, d_state]  (float32)
+           past_conv_state.{i} [batch, ...] (model dtype)
+           past_ssm_state.{i}  [batch, ...] (float32)
   outputs  logits [batch, sequence, vocab], then present_conv_state.{i}, present_ssm_state.{i}
-Zero states mean "start of sequence". Each scan is one ``mamba.SelectiveScan`` node.
+The state tensors have the shapes of the model's ``empty_state`` (Mamba-1: conv [batch,
+d_inner, d_conv-1], ssm [batch, d_inner, d_state]; Mamba-2: conv [batch, conv_dim, d_conv-1],
+ssm [batch, nheads, headdim, d_state]). Zero states mean "start of sequence". Each scan is
+one ``mamba`` node: ``SelectiveScan`` (Mamba-1) or ``SSDScan`` (Mamba-2).
 """
 
 from __future__ import annotations
@@ -168,15 +171,21 @@ def export_onnx(
         "portable": portable,
         "inputs": ["input_ids", *state_names(cfg.n_layer, "past")],
         "outputs": ["logits", *state_names(cfg.n_layer, "present")],
-        "state": {
-            "conv": {"shape": ["batch", cfg.d_inner, cfg.d_conv - 1], "dtype": model_dtype},
-            "ssm": {"shape": ["batch", cfg.d_inner, cfg.d_state], "dtype": "float32"},
-            "zeros_mean": "start of sequence",
-        },
+        "state": state_layout(model),
         "versions": tool_versions(),
     }
     info["external_data"] = needs_external_data(model)
     return write_export(out_dir, program, info, ("architecture", "config", "portable"), started)
+
+
+def state_layout(model: torch.nn.Module) -> dict:
+    """export.json's "state": each layer's conv and ssm state shapes and dtypes, from the model."""
+    conv, ssm = model.empty_state(1)[0]
+    return {
+        "conv": {"shape": ["batch", *conv.shape[1:]], "dtype": str(conv.dtype).removeprefix("torch.")},
+        "ssm": {"shape": ["batch", *ssm.shape[1:]], "dtype": str(ssm.dtype).removeprefix("torch.")},
+        "zeros_mean": "start of sequence",
+    }
 
 
 def needs_external_data(model: torch.nn.Module) -> bool:

@@ -3,6 +3,8 @@ onnxscript know the ops. Registered once per process by ``register_schemas()``."
 
 from __future__ import annotations
 
+import math
+
 import onnx
 from onnx.defs import OpSchema
 
@@ -16,40 +18,59 @@ def _flag(name: str, doc: str) -> OpSchema.Attribute:
     return OpSchema.Attribute(name, OpSchema.AttrType.INT, doc, required=False)
 
 
-def _selective_scan() -> OpSchema:
+def _scan_schema(name: str, doc: str, required: list[str], optional: list[str], attributes) -> OpSchema:
+    """A scan op of the contract's shape: required inputs (all T but A, which is float), the
+    present optional ones packed after them (the has_* flags say which), outputs y and final_state."""
     p = OpSchema.FormalParameter
     return OpSchema(
-        "SelectiveScan",
+        name,
         DOMAIN,
         DOMAIN_VERSION,
-        "Mamba-1 selective scan; the contract is docs/ops.md of mamba_export.",
+        doc,
         inputs=[
-            p("u", "T"),
-            p("delta", "T"),
-            p("A", "tensor(float)"),
-            p("B", "T"),
-            p("C", "T"),
-            # D, z, delta_bias, initial_state: the present ones, packed in this order (the
-            # has_* attributes say which), so each slot may hold any of them.
+            *(p(n, "tensor(float)" if n == "A" else "T") for n in required),
+            # Each slot may hold any of the optional inputs (whichever are present come first).
             *(p(f"optional_{i}", f"V{i}", param_option=OpSchema.FormalParameterOption.Optional)
-              for i in range(4)),
+              for i in range(len(optional))),
         ],
         outputs=[p("y", "T"), p("final_state", "tensor(float)")],
         type_constraints=[
             ("T", _ACTIVATIONS, "activation type"),
-            *((f"V{i}", _ACTIVATIONS, "D, delta_bias, initial_state: float; z: T") for i in range(4)),
+            *((f"V{i}", _ACTIVATIONS, f"{', '.join(optional)}: the packed optional inputs")
+              for i in range(len(optional))),
         ],
-        attributes=[
-            _flag("delta_softplus", "apply softplus to delta + delta_bias"),
-            _flag("has_D", "input D is present"),
-            _flag("has_z", "input z is present"),
-            _flag("has_delta_bias", "input delta_bias is present"),
-            _flag("has_initial_state", "input initial_state is present"),
+        attributes=[*attributes, *(_flag(f"has_{n}", f"input {n} is present") for n in optional)],
+    )
+
+
+def _selective_scan() -> OpSchema:
+    return _scan_schema(
+        "SelectiveScan",
+        "Mamba-1 selective scan; the contract is docs/ops.md of mamba_export.",
+        ["u", "delta", "A", "B", "C"],
+        ["D", "z", "delta_bias", "initial_state"],
+        [_flag("delta_softplus", "apply softplus to delta + delta_bias")],
+    )
+
+
+def _ssd_scan() -> OpSchema:
+    def bound(name: str, default: float, doc: str) -> OpSchema.Attribute:
+        return OpSchema.Attribute(name, onnx.helper.make_attribute(name, default), doc)
+
+    return _scan_schema(
+        "SSDScan",
+        "Mamba-2 state space duality scan; the contract is docs/ops.md of mamba_export.",
+        ["x", "dt", "A", "B", "C"],
+        ["D", "z", "dt_bias", "initial_state"],
+        [
+            _flag("dt_softplus", "apply softplus to dt + dt_bias"),
+            bound("dt_min", 0.0, "lower clamp of the time step after softplus"),
+            bound("dt_max", math.inf, "upper clamp of the time step after softplus"),
         ],
     )
 
 
 def register_schemas() -> None:
-    for schema in (_selective_scan(),):
+    for schema in (_selective_scan(), _ssd_scan()):
         if not onnx.defs.has(schema.name, schema.domain):
             onnx.defs.register_schema(schema)
