@@ -28,20 +28,22 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).abs().max() / ref.abs().max()).item()
 
 
-@torch.no_grad()
 def random_hf_model(seed: int = 0, **config) -> MambaForCausalLM:
-    """A transformers model with every parameter away from its initial value.
-
-    transformers initialises A_log to log(1..N), D and the norms to 1, the conv and
-    projection biases to 0: a loader that dropped or swapped such a tensor would go
-    unnoticed, so each gets random values, in the ranges trained models have.
-    """
+    """A transformers model with every parameter away from its initial value (``perturb``)."""
     torch.manual_seed(seed)
-    model = MambaForCausalLM(MambaConfig(**{**SMALL, **config})).eval()
+    return perturb(MambaForCausalLM(MambaConfig(**{**SMALL, **config})).eval())
+
+
+@torch.no_grad()
+def perturb(model: torch.nn.Module) -> torch.nn.Module:
+    """transformers initialises A_log to log(1..N), D and the norms to 1, the conv and
+    projection biases to 0: a loader that dropped or swapped such a tensor would go
+    unnoticed, so each gets random values, in the ranges trained models have (Mamba-1
+    and Mamba-2 names)."""
     for name, p in model.named_parameters():
         if name.endswith("A_log"):
             p.copy_(torch.empty_like(p).uniform_(math.log(0.3), math.log(8.0)))  # A in [-8, -0.3]
-        elif name.endswith("dt_proj.bias"):
+        elif name.endswith(("dt_proj.bias", "dt_bias")):
             p.copy_(torch.empty_like(p).uniform_(-4.0, 0.5))  # softplus: time steps 0.02 .. 1
         elif name.endswith(".D") or name.endswith("norm.weight") or name.endswith("norm_f.weight"):
             p.copy_(1 + 0.5 * torch.randn_like(p))
@@ -143,39 +145,48 @@ def hf_to_mamba_ssm(model: MambaForCausalLM, directory: Path, pad_multiple: int 
                           residual_in_fp32=c.residual_in_fp32)
 
 
+def norm_f64(sd: dict, x: torch.Tensor, prefix: str, rms_norm: bool, eps: float) -> torch.Tensor:
+    """RMSNorm, or LayerNorm with its bias, of a mamba_ssm state dict's ``prefix``."""
+    if rms_norm:
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * sd[f"{prefix}.weight"]
+    mu, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
+    return (x - mu) / torch.sqrt(var + eps) * sd[f"{prefix}.weight"] + sd[f"{prefix}.bias"]
+
+
+def linear_f64(sd: dict, x: torch.Tensor, prefix: str) -> torch.Tensor:
+    return F.linear(x, sd[f"{prefix}.weight"], sd.get(f"{prefix}.bias"))
+
+
+def causal_conv_f64(sd: dict, x: torch.Tensor, prefix: str) -> torch.Tensor:
+    """The depthwise causal convolution ``prefix`` of x [batch, channels, L], zeros before position 0."""
+    w = sd[f"{prefix}.weight"][:, 0]  # [channels, K]: y_t = sum_k w_k x_{t-K+1+k}
+    k_size, length = w.shape[1], x.shape[-1]
+    xp = F.pad(x, (k_size - 1, 0))
+    y = sum(w[:, k, None] * xp[:, :, k : k + length] for k in range(k_size))
+    return y + sd[f"{prefix}.bias"][:, None] if f"{prefix}.bias" in sd else y
+
+
 def reference_logits_f64(sd: dict, ids: torch.Tensor, *, d_state: int, dt_rank: int, rms_norm: bool,
                          eps: float = 1e-5) -> torch.Tensor:
     """Logits of a mamba_ssm state dict in float64, the whole sequence from an empty state."""
     sd = {k: v.double() for k, v in sd.items()}
 
     def norm(x, prefix):
-        if rms_norm:
-            return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * sd[f"{prefix}.weight"]
-        mu, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
-        return (x - mu) / torch.sqrt(var + eps) * sd[f"{prefix}.weight"] + sd[f"{prefix}.bias"]
-
-    def linear(x, prefix):
-        return F.linear(x, sd[f"{prefix}.weight"], sd.get(f"{prefix}.bias"))
+        return norm_f64(sd, x, prefix, rms_norm, eps)
 
     hidden = sd["backbone.embedding.weight"][ids]  # [batch, L, d_model]
-    length, layer = ids.shape[1], 0
+    layer = 0
     while f"backbone.layers.{layer}.norm.weight" in sd:
         p = f"backbone.layers.{layer}.mixer"
-        x, z = linear(norm(hidden, f"backbone.layers.{layer}.norm"), f"{p}.in_proj").transpose(1, 2).chunk(2, 1)
-        w = sd[f"{p}.conv1d.weight"][:, 0]  # [d_inner, K]: y_t = sum_k w_k x_{t-K+1+k}
-        k_size = w.shape[1]
-        xp = F.pad(x, (k_size - 1, 0))
-        u = sum(w[:, k, None] * xp[:, :, k : k + length] for k in range(k_size))
-        if f"{p}.conv1d.bias" in sd:
-            u = u + sd[f"{p}.conv1d.bias"][:, None]
-        u = F.silu(u)
+        x, z = linear_f64(sd, norm(hidden, f"backbone.layers.{layer}.norm"), f"{p}.in_proj").transpose(1, 2).chunk(2, 1)
+        u = F.silu(causal_conv_f64(sd, x, f"{p}.conv1d"))
         dt, B, C = F.linear(u.transpose(1, 2), sd[f"{p}.x_proj.weight"]).split([dt_rank, d_state, d_state], -1)
         y, _ = selective_scan_naive(
             u, F.linear(dt, sd[f"{p}.dt_proj.weight"]).transpose(1, 2), -torch.exp(sd[f"{p}.A_log"]),
             B.transpose(1, 2)[:, None], C.transpose(1, 2)[:, None], D=sd[f"{p}.D"], z=z,
             delta_bias=sd[f"{p}.dt_proj.bias"], delta_softplus=True,
         )
-        hidden = hidden + linear(y.transpose(1, 2), f"{p}.out_proj")
+        hidden = hidden + linear_f64(sd, y.transpose(1, 2), f"{p}.out_proj")
         layer += 1
     head = sd.get("lm_head.weight", sd["backbone.embedding.weight"])
     return F.linear(norm(hidden, "backbone.norm_f"), head)

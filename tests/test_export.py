@@ -11,14 +11,14 @@ import torch
 
 import mamba_export
 from mamba_export.export.onnx_export import export_onnx, state_names
-from mamba_export.models import Mamba1Config, Mamba1LMHeadModel
+from mamba_export.models import Mamba1Config, build_model
 
 CONFIG = Mamba1Config(d_model=32, n_layer=2, vocab_size=61, d_state=4, d_conv=4, expand=2)
 
 
 def random_model(cfg=CONFIG, seed=0):
     torch.manual_seed(seed)
-    model = Mamba1LMHeadModel(cfg).eval()
+    model = build_model(cfg).eval()  # of cfg's architecture
     with torch.no_grad():  # move every parameter off its initial value
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
