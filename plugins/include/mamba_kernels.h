@@ -67,6 +67,33 @@ MAMBA_API const char* mamba_selective_scan_cuda_check(const mamba_selective_scan
 MAMBA_API size_t mamba_selective_scan_cuda_workspace_size(const mamba_selective_scan_params* p);
 MAMBA_API int mamba_selective_scan_cuda(const mamba_selective_scan_params* p, void* workspace, void* stream);
 
+/* mamba.SSDScan (Mamba-2). Optional inputs are NULL when absent. */
+typedef struct {
+  int64_t batch, seqlen, nheads, headdim, dstate, groups;
+  mamba_dtype dtype;
+  const void* x;             /* [batch, seqlen, nheads, headdim] T */
+  const void* dt;            /* [batch, seqlen, nheads]        T */
+  const float* A;            /* [nheads]                       f32 */
+  const void* B;             /* [batch, seqlen, groups, dstate] T */
+  const void* C;             /* [batch, seqlen, groups, dstate] T */
+  const float* D;            /* [nheads] or NULL */
+  const void* z;             /* [batch, seqlen, nheads, headdim] T or NULL */
+  const float* dt_bias;      /* [nheads] or NULL */
+  const float* initial_state;/* [batch, nheads, headdim, dstate] or NULL (zeros) */
+  int dt_softplus;           /* 0 or 1 */
+  float dt_min, dt_max;      /* clamp after softplus; 0 and +INFINITY leave it open */
+  void* y;                   /* out: [batch, seqlen, nheads, headdim] T */
+  float* final_state;        /* out: [batch, nheads, headdim, dstate] f32 */
+} mamba_ssd_scan_params;
+
+/* As mamba_selective_scan_check; final_state may be the same buffer as initial_state. */
+MAMBA_API const char* mamba_ssd_scan_check(const mamba_ssd_scan_params* p);
+MAMBA_API void mamba_ssd_scan_cpu(const mamba_ssd_scan_params* p, mamba_parallel_for_fn parallel_for,
+                                  void* parallel_ctx);
+/* As mamba_selective_scan_cuda. */
+MAMBA_API size_t mamba_ssd_scan_cuda_workspace_size(const mamba_ssd_scan_params* p);
+MAMBA_API int mamba_ssd_scan_cuda(const mamba_ssd_scan_params* p, void* workspace, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

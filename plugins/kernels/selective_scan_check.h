@@ -19,6 +19,10 @@ static inline int mamba_element_count(const int64_t* dims, int count, int64_t* o
   return 1;
 }
 
+static inline int mamba_dtype_is_valid(mamba_dtype dtype) {
+  return dtype == MAMBA_FLOAT32 || dtype == MAMBA_FLOAT16 || dtype == MAMBA_BFLOAT16;
+}
+
 /* NULL when the block satisfies docs/ops.md, else a static message naming the problem. */
 static inline const char* mamba_selective_scan_contract_error(const mamba_selective_scan_params* p) {
   if (!p) return "mamba_selective_scan: parameter block is NULL";
@@ -27,7 +31,7 @@ static inline const char* mamba_selective_scan_contract_error(const mamba_select
   }
   if (p->groups < 1) return "mamba_selective_scan: groups must be >= 1";
   if (p->dim % p->groups != 0) return "mamba_selective_scan: dim must be a multiple of groups";
-  if (p->dtype != MAMBA_FLOAT32 && p->dtype != MAMBA_FLOAT16 && p->dtype != MAMBA_BFLOAT16) {
+  if (!mamba_dtype_is_valid(p->dtype)) {
     return "mamba_selective_scan: dtype must be float32, float16 or bfloat16";
   }
   if (p->delta_softplus != 0 && p->delta_softplus != 1) return "mamba_selective_scan: delta_softplus must be 0 or 1";

@@ -8,9 +8,10 @@
 #include <cstdint>
 #include <cstring>
 
-// Forced inline: the scan is compiled twice (generic and AVX2 + FMA, see selective_scan.cpp),
+// Forced inline: the scans are compiled twice (generic and AVX2 + FMA, see dispatch.h),
 // and GCC only inlines a plain function into one with other target options when forced.
 #define MAMBA_INLINE inline __attribute__((always_inline))
+#define MAMBA_RESTRICT __restrict__
 
 namespace mamba_cpu {
 

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "dispatch.h"
 #include "fast_math.h"
 #include "float_types.h"
 #include "mamba_kernels.h"
@@ -38,8 +39,6 @@ struct Plan {
   int64_t steps;  // per block
   int64_t tile;   // n per state tile and per B/C block
 };
-
-#define MAMBA_RESTRICT __restrict__
 
 // One time step of kLanes channels over `count` states (the hot loop):
 //   h[n][w] = exp(dt[w] a[n][w]) h[n][w] + du[w] b[n];   y[w] += sum_n c[n] h[n][w]
@@ -252,42 +251,18 @@ MAMBA_INLINE void scan_task(const Plan& plan, size_t index) {
   }
 }
 
-template <typename T>
-MAMBA_INLINE void any_task(const Plan& plan, size_t task) {
-  if (plan.p->seqlen == 1) {
-    decode_task<T>(plan, task);
-  } else {
-    scan_task<T>(plan, task);
+// The task body for dispatch.h.
+struct SelectiveScan {
+  template <typename T>
+  static MAMBA_INLINE void run(const void* plan, size_t task) {
+    const Plan& p = *static_cast<const Plan*>(plan);
+    if (p.p->seqlen == 1) {
+      decode_task<T>(p, task);
+    } else {
+      scan_task<T>(p, task);
+    }
   }
-}
-
-template <typename T>
-void run_task(void* plan, size_t task) {
-  any_task<T>(*static_cast<const Plan*>(plan), task);
-}
-
-#if defined(__x86_64__)
-// The same code compiled for AVX2 + FMA (8 floats a vector, fused multiply-add), picked at
-// run time where the CPU has them; run_task stays the portable baseline.
-template <typename T>
-__attribute__((target("avx2,fma"))) void run_task_avx2(void* plan, size_t task) {
-  any_task<T>(*static_cast<const Plan*>(plan), task);
-}
-
-bool has_avx2_fma() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-#endif
-
-template <typename T>
-mamba_task_fn task_for_cpu() {
-#if defined(__x86_64__)
-  static const bool avx2 = has_avx2_fma();
-  if (avx2) return run_task_avx2<T>;
-#endif
-  return run_task<T>;
-}
+};
 
 }  // namespace
 }  // namespace mamba_cpu
@@ -310,13 +285,5 @@ extern "C" void mamba_selective_scan_cpu(const mamba_selective_scan_params* p, m
   plan.vectors_per_task = std::min(plan.vectors_per_group, std::max<int64_t>(1, kUpdatesPerTask / per_vector));
   plan.tasks_per_group = (plan.vectors_per_group + plan.vectors_per_task - 1) / plan.vectors_per_task;
   const size_t tasks = static_cast<size_t>(p->batch * p->groups * plan.tasks_per_group);
-
-  mamba_task_fn fn = p->dtype == MAMBA_FLOAT16    ? task_for_cpu<half_t>()
-                     : p->dtype == MAMBA_BFLOAT16 ? task_for_cpu<bf16_t>()
-                                                  : task_for_cpu<float>();
-  if (parallel_for && tasks > 1) {
-    parallel_for(parallel_ctx, tasks, fn, &plan);
-  } else {
-    for (size_t i = 0; i < tasks; ++i) fn(&plan, i);
-  }
+  run_tasks<SelectiveScan>(p->dtype, &plan, tasks, parallel_for, parallel_ctx);
 }
