@@ -1,4 +1,4 @@
-#include "selective_scan_cpu.h"
+#include "cpu_provider.h"
 
 namespace mamba_ort {
 namespace {
@@ -18,6 +18,10 @@ void ort_parallel_for(void* context, size_t n, mamba_task_fn fn, void* fn_contex
 
 void CpuProvider::launch(const mamba_selective_scan_params& p, Ort::KernelContext& context) {
   mamba_selective_scan_cpu(&p, ort_parallel_for, context.GetOrtKernelContext());
+}
+
+void CpuProvider::launch(const mamba_ssd_scan_params& p, Ort::KernelContext& context) {
+  mamba_ssd_scan_cpu(&p, ort_parallel_for, context.GetOrtKernelContext());
 }
 
 }  // namespace mamba_ort

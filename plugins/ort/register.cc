@@ -2,20 +2,32 @@
 // in Python, RegisterCustomOpsLibrary in C): adds the "mamba" domain to the session options.
 #include <string>
 
-#include "selective_scan_cpu.h"
+#include "cpu_provider.h"
+#include "selective_scan_op.h"
+#include "ssd_scan_op.h"
 
 namespace {
+
+constexpr ONNXTensorElementDataType kActivationTypes[] = {
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16};
+
+// CustomOp<Op, Provider> for every activation type, added to `domain`.
+template <typename Op, typename Provider>
+void add_op(Ort::CustomOpDomain& domain) {
+  using Registered = mamba_ort::CustomOp<Op, Provider>;
+  static const Registered ops[] = {Registered(kActivationTypes[0]), Registered(kActivationTypes[1]),
+                                   Registered(kActivationTypes[2])};
+  for (const Registered& op : ops) domain.Add(&op);
+}
 
 // The ops and their domain live as long as the library: sessions created from these
 // options keep pointers to them, so they are never released.
 OrtCustomOpDomain* mamba_domain() {
   static OrtCustomOpDomain* domain = [] {
-    using CpuOp = mamba_ort::SelectiveScanOp<mamba_ort::CpuProvider>;
-    static const CpuOp cpu_ops[] = {CpuOp(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT),
-                                    CpuOp(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16),
-                                    CpuOp(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16)};
+    using namespace mamba_ort;
     Ort::CustomOpDomain created("mamba");
-    for (const CpuOp& op : cpu_ops) created.Add(&op);
+    add_op<SelectiveScan, CpuProvider>(created);
+    add_op<SSDScan, CpuProvider>(created);
     return created.release();
   }();
   return domain;
@@ -36,5 +48,5 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
     return api_base->GetApi(1)->CreateStatus(ORT_FAIL, message.c_str());
   }
   Ort::InitApi(api);
-  return mamba_ort::status_of([&] { Ort::ThrowOnError(api->AddCustomOpDomain(options, mamba_domain())); });
+  return mamba_ort::status_of("mamba", [&] { Ort::ThrowOnError(api->AddCustomOpDomain(options, mamba_domain())); });
 }
