@@ -1,30 +1,21 @@
 """mamba.SelectiveScan in ONNX Runtime (plugins/ort, CPU execution provider) against the
-reference and tests/naive.py, with the tolerances and errors of docs/ops.md.
-
-Models are single nodes built with onnx.helper exactly as docs/ops.md describes them. They
-run through io_binding: inputs are OrtValues (ORT's Python API has no bfloat16 numpy type,
-so bfloat16 travels as its uint16 bits) and the outputs are pre-filled with NaN, so an
-element the kernel does not write fails the comparison.
+reference and tests/naive.py, with the tolerances and errors of docs/ops.md. Single-node
+models with NaN-poisoned outputs, as tests/ort_ops.py builds and runs them.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
-import os
 import random
 import re
-import subprocess
 import sys
-import textwrap
 
-import numpy as np
 import pytest
 import torch
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
+from onnx import TensorProto  # noqa: E402
 
 from mamba_export import ort_session  # noqa: E402
 from mamba_export.errors import MissingDependencyError  # noqa: E402
@@ -32,18 +23,11 @@ from mamba_export.export.schemas import register_schemas  # noqa: E402
 from mamba_export.ops import selective_scan_reference  # noqa: E402
 
 from naive import selective_scan_naive  # noqa: E402
+from ort_ops import (DTYPES, ELEMENT_TYPES, STATE_TOLERANCE, Y_TOLERANCE, attribute, drop, extra,  # noqa: E402
+                     flag_sets, node_model, replace, run_scan, session_for, shapes_of, survives_in_child)
 from scan_inputs import rel_err, scan_inputs  # noqa: E402
 
 OPTIONAL = ("D", "z", "delta_bias", "initial_state")
-ELEMENT_TYPES = {
-    torch.float32: TensorProto.FLOAT,
-    torch.float16: TensorProto.FLOAT16,
-    torch.bfloat16: TensorProto.BFLOAT16,
-    torch.float64: TensorProto.DOUBLE,
-    torch.int32: TensorProto.INT32,
-}
-Y_TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-STATE_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4}
 # Symbols of docs/ops.md, as the dimension names of the graph inputs and outputs.
 SYMBOLS = {
     "u": ["batch", "dim", "L"], "delta": ["batch", "dim", "L"], "A": ["dim", "N"], "B": ["batch", "G", "N", "L"],
@@ -55,17 +39,9 @@ SYMBOLS = {
 def scan_model(inputs, attributes, input_shapes=None):
     """A one-node model: the present inputs packed in docs/ops.md's order, has_* from
     `attributes`. input_shapes overrides the declared shapes (default: the symbols)."""
-    names = [name for name, tensor in inputs.items() if tensor is not None]
-    shapes = input_shapes or SYMBOLS
-    graph = helper.make_graph(
-        [helper.make_node("SelectiveScan", names, ["y", "final_state"], domain="mamba", **attributes)],
-        "selective_scan",
-        [helper.make_tensor_value_info(n, ELEMENT_TYPES[inputs[n].dtype], shapes[n]) for n in names],
-        [helper.make_tensor_value_info("y", ELEMENT_TYPES[inputs["u"].dtype], SYMBOLS["y"]),
-         helper.make_tensor_value_info("final_state", TensorProto.FLOAT, SYMBOLS["final_state"])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("mamba", 1)],
-                             ir_version=10)
+    return node_model("SelectiveScan", inputs, attributes, input_shapes or SYMBOLS,
+                      [("y", ELEMENT_TYPES[inputs["u"].dtype], SYMBOLS["y"]),
+                       ("final_state", TensorProto.FLOAT, SYMBOLS["final_state"])])
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,38 +52,13 @@ def session(dtype, present, delta_softplus, threads=0):
     attributes = {"delta_softplus": int(delta_softplus), **{f"has_{n}": int(n in present) for n in OPTIONAL}}
     model = scan_model(example, attributes)
     onnx.checker.check_model(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort_session(model.SerializeToString(), session_options=options)
-
-
-def ortvalue(t: torch.Tensor):
-    """An OrtValue sharing t's memory."""
-    if t.dtype == torch.bfloat16:
-        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(t.view(torch.int16).numpy().view(np.uint16),
-                                                               TensorProto.BFLOAT16)
-    return ort.OrtValue.ortvalue_from_numpy(t.numpy())
+    return session_for(model, threads)
 
 
 def run(sess, inputs, poison=True):
-    """y and final_state of one run. With poison the outputs start as NaN, so that elements
-    the kernel does not write show; without, ORT allocates them (for malformed inputs)."""
-    binding = sess.io_binding()
-    for name, t in inputs.items():
-        if t is not None:
-            binding.bind_ortvalue_input(name, ortvalue(t.contiguous()))
-    if not poison:
-        binding.bind_output("y")
-        binding.bind_output("final_state")
-        sess.run_with_iobinding(binding)
-        return None
-    u, A = inputs["u"], inputs["A"]
-    y = torch.full(tuple(u.shape), float("nan"), dtype=u.dtype)
-    state = torch.full((u.shape[0], u.shape[1], A.shape[1]), float("nan"))
-    binding.bind_ortvalue_output("y", ortvalue(y))
-    binding.bind_ortvalue_output("final_state", ortvalue(state))
-    sess.run_with_iobinding(binding)
-    return y, state
+    """y and final_state, NaN-poisoned (see run_scan); poison=False for malformed inputs."""
+    u = inputs["u"]
+    return run_scan(sess, inputs, u, (u.shape[0], u.shape[1], inputs["A"].shape[1]) if poison else None)
 
 
 def check_against_reference(shape, dtype, present, delta_softplus, seed=0):
@@ -127,8 +78,7 @@ def check_against_reference(shape, dtype, present, delta_softplus, seed=0):
     return inputs, y, state
 
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-FLAG_SETS = [frozenset(c) for r in range(len(OPTIONAL) + 1) for c in itertools.combinations(OPTIONAL, r)]
+FLAG_SETS = flag_sets(OPTIONAL)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -257,69 +207,44 @@ def _good_inputs():
     return scan_inputs(2, 4, 5, 3, 2, seed=1)  # batch 2, dim 4, L 5, N 3, G 2, all optional inputs
 
 
-def _replace(name, value):
-    def mutate(inputs, attributes):
-        inputs[name] = value
-    return mutate
-
-
-def _attribute(name, value):
-    def mutate(inputs, attributes):
-        attributes[name] = value
-    return mutate
-
-
-def _drop(name):
-    def mutate(inputs, attributes):
-        inputs[name] = None  # the input is left out, the attribute still says it is there
-    return mutate
-
-
-def _extra(name, value):
-    def mutate(inputs, attributes):
-        inputs[name] = value
-        attributes[f"has_{name}"] = 0
-    return mutate
-
-
 f16, bf16 = torch.float16, torch.bfloat16
 # case: (how the valid node is broken, the message after "mamba.SelectiveScan: ")
 BAD_INPUTS = {
-    "u rank": (_replace("u", torch.zeros(2, 4)), "u must have shape [batch, dim, L], got [2, 4]"),
-    "A rank": (_replace("A", torch.zeros(4, 3, 1)), "A must have shape [dim, N], got [4, 3, 1]"),
-    "B rank": (_replace("B", torch.zeros(2, 3, 5)), "B must have shape [batch, G, N, L], got [2, 3, 5]"),
-    "C rank": (_replace("C", torch.zeros(2, 2, 3)), "C must have shape [batch, G, N, L] = [2, 2, 3, 5], got [2, 2, 3]"),
-    "delta L": (_replace("delta", torch.zeros(2, 4, 6)),
+    "u rank": (replace("u", torch.zeros(2, 4)), "u must have shape [batch, dim, L], got [2, 4]"),
+    "A rank": (replace("A", torch.zeros(4, 3, 1)), "A must have shape [dim, N], got [4, 3, 1]"),
+    "B rank": (replace("B", torch.zeros(2, 3, 5)), "B must have shape [batch, G, N, L], got [2, 3, 5]"),
+    "C rank": (replace("C", torch.zeros(2, 2, 3)), "C must have shape [batch, G, N, L] = [2, 2, 3, 5], got [2, 2, 3]"),
+    "delta L": (replace("delta", torch.zeros(2, 4, 6)),
                 "delta must have shape [batch, dim, L] = [2, 4, 5], got [2, 4, 6]"),
-    "B batch": (_replace("B", torch.zeros(1, 2, 3, 5)),
+    "B batch": (replace("B", torch.zeros(1, 2, 3, 5)),
                 "B must have shape [batch, G, N, L] = [2, 2, 3, 5], got [1, 2, 3, 5]"),
-    "C groups": (_replace("C", torch.zeros(2, 1, 3, 5)),
+    "C groups": (replace("C", torch.zeros(2, 1, 3, 5)),
                  "C must have shape [batch, G, N, L] = [2, 2, 3, 5], got [2, 1, 3, 5]"),
-    "C N": (_replace("C", torch.zeros(2, 2, 4, 5)),
+    "C N": (replace("C", torch.zeros(2, 2, 4, 5)),
             "C must have shape [batch, G, N, L] = [2, 2, 3, 5], got [2, 2, 4, 5]"),
-    "A dim": (_replace("A", torch.zeros(5, 3)), "A must have shape [dim, N] = [4, 3], got [5, 3]"),
-    "B N vs A": (_replace("A", -torch.ones(4, 1000)),
+    "A dim": (replace("A", torch.zeros(5, 3)), "A must have shape [dim, N] = [4, 3], got [5, 3]"),
+    "B N vs A": (replace("A", -torch.ones(4, 1000)),
                  "B must have shape [batch, G, N, L] = [2, 2, 1000, 5], got [2, 2, 3, 5]"),
-    "dim % G": (_replace("B", torch.zeros(2, 3, 3, 5)), "dim (4, from u) must be a multiple of G (3, from B)"),
-    "G = 0": (_replace("B", torch.zeros(2, 0, 3, 5)), "dim (4, from u) must be a multiple of G (0, from B)"),
-    "D size": (_replace("D", torch.zeros(5)), "D must have shape [dim] = [4], got [5]"),
-    "z batch": (_replace("z", torch.zeros(1, 4, 5)), "z must have shape [batch, dim, L] = [2, 4, 5], got [1, 4, 5]"),
-    "delta_bias rank": (_replace("delta_bias", torch.zeros(4, 1)),
+    "dim % G": (replace("B", torch.zeros(2, 3, 3, 5)), "dim (4, from u) must be a multiple of G (3, from B)"),
+    "G = 0": (replace("B", torch.zeros(2, 0, 3, 5)), "dim (4, from u) must be a multiple of G (0, from B)"),
+    "D size": (replace("D", torch.zeros(5)), "D must have shape [dim] = [4], got [5]"),
+    "z batch": (replace("z", torch.zeros(1, 4, 5)), "z must have shape [batch, dim, L] = [2, 4, 5], got [1, 4, 5]"),
+    "delta_bias rank": (replace("delta_bias", torch.zeros(4, 1)),
                         "delta_bias must have shape [dim] = [4], got [4, 1]"),
-    "initial_state N": (_replace("initial_state", torch.zeros(2, 4, 2)),
+    "initial_state N": (replace("initial_state", torch.zeros(2, 4, 2)),
                         "initial_state must have shape [batch, dim, N] = [2, 4, 3], got [2, 4, 2]"),
-    "delta dtype": (_replace("delta", torch.zeros(2, 4, 5, dtype=f16)), "delta must be float32 (like u), got float16"),
-    "B dtype": (_replace("B", torch.zeros(2, 2, 3, 5, dtype=bf16)), "B must be float32 (like u), got bfloat16"),
-    "A dtype": (_replace("A", torch.zeros(4, 3, dtype=f16)), "A must be float32, got float16"),
-    "initial_state dtype": (_replace("initial_state", torch.zeros(2, 4, 3, dtype=torch.float64)),
+    "delta dtype": (replace("delta", torch.zeros(2, 4, 5, dtype=f16)), "delta must be float32 (like u), got float16"),
+    "B dtype": (replace("B", torch.zeros(2, 2, 3, 5, dtype=bf16)), "B must be float32 (like u), got bfloat16"),
+    "A dtype": (replace("A", torch.zeros(4, 3, dtype=f16)), "A must be float32, got float16"),
+    "initial_state dtype": (replace("initial_state", torch.zeros(2, 4, 3, dtype=torch.float64)),
                             "initial_state must be float32, got float64"),
-    "z dtype": (_replace("z", torch.zeros(2, 4, 5, dtype=torch.int32)), "z must be float32 (like u), got int32"),
-    "delta_softplus 2": (_attribute("delta_softplus", 2), "attribute delta_softplus must be 0 or 1, got 2"),
-    "has_D 2": (_attribute("has_D", 2), "attribute has_D must be 0 or 1, got 2"),
-    "has_z float": (_attribute("has_z", 1.0), "attribute has_z must be an int, 0 or 1"),
-    "missing input": (_drop("initial_state"), "expected 9 inputs (u, delta, A, B, C, D, z, delta_bias, initial_state) "
+    "z dtype": (replace("z", torch.zeros(2, 4, 5, dtype=torch.int32)), "z must be float32 (like u), got int32"),
+    "delta_softplus 2": (attribute("delta_softplus", 2), "attribute delta_softplus must be 0 or 1, got 2"),
+    "has_D 2": (attribute("has_D", 2), "attribute has_D must be 0 or 1, got 2"),
+    "has_z float": (attribute("has_z", 1.0), "attribute has_z must be an int, 0 or 1"),
+    "missing input": (drop("initial_state"), "expected 9 inputs (u, delta, A, B, C, D, z, delta_bias, initial_state) "
                                               "for has_D=1 has_z=1 has_delta_bias=1 has_initial_state=1, got 8"),
-    "extra input": (_extra("initial_state", torch.zeros(2, 4, 3)),
+    "extra input": (extra("initial_state", torch.zeros(2, 4, 3)),
                     "expected 8 inputs (u, delta, A, B, C, D, z, delta_bias) "
                     "for has_D=1 has_z=1 has_delta_bias=1 has_initial_state=0, got 9"),
 }
@@ -329,9 +254,7 @@ def build_bad(mutation):
     inputs = _good_inputs()
     attributes = {"delta_softplus": 1, **{f"has_{n}": 1 for n in OPTIONAL}}
     mutation(inputs, attributes)
-    # Declared shapes follow the (bad) tensors, so that ORT hands them to the kernel.
-    shapes = {n: [f"{n}{i}" for i in range(t.dim())] for n, t in inputs.items() if t is not None}
-    return inputs, scan_model(inputs, attributes, shapes)
+    return inputs, scan_model(inputs, attributes, shapes_of(inputs))
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -345,8 +268,7 @@ def test_contract_violations_are_reported(case):
 def test_activation_type_outside_the_contract_is_rejected():
     inputs = _good_inputs()
     inputs.update(u=torch.zeros(2, 4, 5, dtype=torch.float64), delta=torch.zeros(2, 4, 5, dtype=torch.float64))
-    model = scan_model(inputs, {f"has_{n}": 1 for n in OPTIONAL},
-                       {n: [f"{n}{i}" for i in range(t.dim())] for n, t in inputs.items()})
+    model = scan_model(inputs, {f"has_{n}": 1 for n in OPTIONAL}, shapes_of(inputs))
     with pytest.raises(Exception, match=r"tensor\(double\)"):  # ORT's own type check: no kernel for u float64
         run(ort_session(model.SerializeToString()), inputs, poison=False)
 
@@ -354,21 +276,8 @@ def test_activation_type_outside_the_contract_is_rejected():
 def test_nastiest_violations_do_not_crash_the_process():
     """Mismatches that would read out of bounds or divide by zero if unchecked, in a child
     process: it must survive to report each error and exit normally."""
-    script = textwrap.dedent("""
-        import sys
-        sys.path[:0] = {path!r}
-        import test_ort_selective_scan as t
-        for case in ("B N vs A", "G = 0", "missing input", "C rank"):
-            inputs, model = t.build_bad(t.BAD_INPUTS[case][0])
-            try:
-                t.run(t.ort_session(model.SerializeToString()), inputs, poison=False)
-            except Exception as e:
-                assert "mamba.SelectiveScan" in str(e), e
-            else:
-                raise SystemExit(case + ": no error")
-        print("survived")
-    """).format(path=[os.path.dirname(__file__)])
-    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    child = survives_in_child("test_ort_selective_scan", ["B N vs A", "G = 0", "missing input", "C rank"],
+                              "mamba.SelectiveScan")
     assert child.returncode == 0 and "survived" in child.stdout, child.stderr[-2000:]
 
 
