@@ -90,7 +90,10 @@ typedef struct {
 MAMBA_API const char* mamba_ssd_scan_check(const mamba_ssd_scan_params* p);
 MAMBA_API void mamba_ssd_scan_cpu(const mamba_ssd_scan_params* p, mamba_parallel_for_fn parallel_for,
                                   void* parallel_ctx);
-/* As mamba_selective_scan_cuda. */
+/* As mamba_selective_scan_cuda. mamba_ssd_scan_cuda_check is the contract check plus the CUDA
+ * kernels' limits: dstate <= 256, batch * nheads * headdim < 2^31 and seqlen < 2^31. The
+ * workspace size depends on the shapes and the current device. */
+MAMBA_API const char* mamba_ssd_scan_cuda_check(const mamba_ssd_scan_params* p);
 MAMBA_API size_t mamba_ssd_scan_cuda_workspace_size(const mamba_ssd_scan_params* p);
 MAMBA_API int mamba_ssd_scan_cuda(const mamba_ssd_scan_params* p, void* workspace, void* stream);
 

@@ -1,0 +1,7 @@
+// The SSD scan kernels for __half activations (one file per type: they compile in parallel).
+#include "ssd_launch.cuh"
+
+namespace mamba_cuda {
+template SsdOccupancy ssd_occupancy<__half>(int);
+template cudaError_t launch_ssd<__half>(const mamba_ssd_scan_params&, const SsdPlan&, void*, int, cudaStream_t);
+}  // namespace mamba_cuda

@@ -1,0 +1,478 @@
+// The prefill SSD scan (seqlen >= 2): the chunked "state space duality" algorithm.
+//
+// A block owns one (batch, head, 64 columns of the head dim) and a run of chunks of 64 steps
+// (a segment); it walks them in order, its [64, N] state in float32 registers. Per chunk:
+//   1. cp.async brings x, B, C into shared memory one chunk ahead (float16 / bfloat16);
+//      warp 0 turns dt into dt = clamp(softplus(dt + bias)), the inclusive cumulative sums
+//      of dt * A in float64 (a segment's decay exp(cum_t - cum_s) is then a float32 rounding
+//      of an exact difference) and the per-step weights;
+//   2. row phase, warp w owning 16 rows t (and 64 or 32 columns p): scores C B^T for s <= t
+//      and the state's contribution C S_in^T share the k loop over N (one A fragment of C);
+//      the scores times exp(cum_t - cum_s) dt_s become the A fragments of the intra-chunk
+//      product with x straight from the accumulators; y = exp(cum_t) C S_in^T + that, plus
+//      D x, gated by silu(z), stored;
+//   3. state phase, warp w owning N / warps state columns of all 64 rows p:
+//      S = exp(cum_end) S + x^T (dt_s exp(cum_end - cum_s) B) (the weighted operand in two
+//      pieces, see ssd_mma.cuh), then S goes to shared memory for the next chunk's row phase.
+// Only two barriers per chunk. The tensor cores see 16-bit operands with float32
+// accumulation; float32 activations are split into three bfloat16 pieces (ssd_mma.cuh).
+//
+// A sequence too long for the blocks the batch gives (batch 1: one block per head) is cut
+// into segments scanned in parallel: ssd_segment_states (the same kernel, state phase only)
+// gives each segment's end state from zero and total decay, ssd_pass_segments chains them
+// into each segment's entering state (a few FMAs per state element), and the full kernel
+// then starts every segment from its own.
+#pragma once
+
+#include <type_traits>
+
+#include "ssd_args.h"
+#include "ssd_mma.cuh"
+
+namespace mamba_cuda {
+
+constexpr int kSsdQ = 64;   // steps per chunk
+constexpr int kSsdPT = 64;  // head-dim columns per block
+
+// dt of docs/ops.md: (dt + bias), softplus, clamp.
+__device__ __forceinline__ float ssd_time_step(float raw, float bias, int use_softplus, float lo, float hi) {
+  float v = raw + bias;
+  if (use_softplus) v = softplus(v);
+  return fminf(fmaxf(v, lo), hi);
+}
+
+// The block shape for activations T and states padded to NT columns (64, 128 or 256).
+template <typename T, int NT>
+struct SsdTiling {
+  using E = T;            // shared-memory element: the activation type itself
+  using M = MmaType<T>;   // tensor-core operand type
+  static constexpr int kWarps = NT > 128 ? 8 : 4;
+  static constexpr int kThreads = 32 * kWarps;
+  // float32 tiles are twice as large: one stage, so that a block fits.
+  static constexpr int kStages = std::is_same_v<T, float> ? 1 : 2;
+  static constexpr int kPad = 16 / int(sizeof(E));  // one 16-byte access per row: no bank conflicts
+  static constexpr int LX = kSsdPT + kPad, LB = NT + kPad;
+  static constexpr int kStageElems = kSsdQ * LX + 2 * kSsdQ * LB;  // x, B, C
+  static constexpr int kStateElems = kSsdPT * LB;                 // S for the row phase
+  // Per step: cum (float64), then dt, weight to the chunk end, decay from the chunk start;
+  // then the chunk's decay (padded to 16 bytes).
+  static constexpr int kStepBytes = kSsdQ * 8 + 3 * kSsdQ * 4 + 16;
+  static constexpr int kSmemBytes = kStepBytes + (kStages * kStageElems + kStateElems) * int(sizeof(E));
+  static constexpr int kRowSplit = kWarps / 4;      // warps sharing a 16-row tile, split along p
+  static constexpr int PW = kSsdPT / kRowSplit;     // p columns of a warp in the row phase
+  static constexpr int NW = NT / kWarps;            // state columns of a warp in the state phase
+  static constexpr int NJ = NW / 8;
+  static constexpr int PX = kExactPieces<T>;        // x, B, C, S (and the scores, rounded)
+  static constexpr int PS = kWeightedPieces<T>;     // the weighted B of the state update
+  static constexpr int kMinBlocks = (NT > 128 || std::is_same_v<T, float>) ? 1 : 2;
+  static_assert(kStepBytes % 16 == 0 && NJ % 2 == 0 && PW % 16 == 0, "tile shape");
+};
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+// ROWS x COLS of g (row stride `stride`) into s (row stride ld); rows >= rows_valid or
+// columns >= cols_valid read as zero. vec: 16-byte aligned rows and cols_valid a multiple of
+// 16 bytes, loaded with cp.async (completed by cp_async_wait_all); else plain loads.
+template <int ROWS, int COLS, typename E>
+__device__ __forceinline__ void load_tile(E* s, int ld, const E* g, int64_t stride, int rows_valid, int cols_valid,
+                                          bool vec) {
+  constexpr int V = 16 / int(sizeof(E));
+  if (vec) {
+    constexpr int kPerRow = COLS / V;
+    for (int c = threadIdx.x; c < ROWS * kPerRow; c += blockDim.x) {
+      const int r = c / kPerRow, col = (c % kPerRow) * V;
+      const bool ok = r < rows_valid && col < cols_valid;
+      cp_async16(s + r * ld + col, ok ? g + r * stride + col : g, ok ? 16 : 0);
+    }
+  } else {
+    for (int c = threadIdx.x; c < ROWS * COLS; c += blockDim.x) {
+      const int r = c / COLS, col = c % COLS;
+      s[r * ld + col] = r < rows_valid && col < cols_valid ? g[r * stride + col] : from_float<E>(0.f);
+    }
+  }
+}
+
+// Two consecutive elements as floats (the second only where `both`); paired access when vec.
+template <typename T>
+__device__ __forceinline__ float2 load_two(const T* p, bool vec, bool both) {
+  if (vec && both) {
+    if constexpr (sizeof(T) == 4) {
+      return *reinterpret_cast<const float2*>(p);
+    } else {
+      return unpack2<T>(*reinterpret_cast<const uint32_t*>(p));
+    }
+  }
+  return make_float2(to_float(p[0]), both ? to_float(p[1]) : 0.f);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_two(T* p, float2 v, bool vec, bool both) {
+  if (vec && both) {
+    if constexpr (sizeof(T) == 4) {
+      *reinterpret_cast<float2*>(p) = v;
+    } else {
+      *reinterpret_cast<uint32_t*>(p) = pack2<T>(v.x, v.y);
+    }
+    return;
+  }
+  p[0] = from_float<T>(v.x);
+  if (both) p[1] = from_float<T>(v.y);
+}
+
+// The prefill kernel; kStatesOnly: ssd_segment_states (the end state of segment j from a zero
+// state, into seg_states slot j + 1, and its log decay). Grid: (batch, head, p tile, segment).
+template <typename T, int NT, bool kStatesOnly>
+__global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::kMinBlocks)
+    ssd_prefill(const SsdArgs a) {
+  using K = SsdTiling<T, NT>;
+  using E = typename K::E;
+  using M = typename K::M;
+  constexpr int Q = kSsdQ, PX = K::PX, PS = K::PS, NJ = K::NJ, PTL = K::PW / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  double* cum = reinterpret_cast<double*>(smem);
+  float* dts = reinterpret_cast<float*>(smem + Q * 8);
+  float* w_end = dts + Q;     // dt_s exp(cum_end - cum_s)
+  float* e_start = w_end + Q; // exp(cum_t)
+  float* chunk_decay = e_start + Q;
+  E* stage0 = reinterpret_cast<E*>(smem + K::kStepBytes);
+  E* state_tile = stage0 + K::kStages * K::kStageElems;
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int segs = kStatesOnly ? a.segments - 1 : a.segments;
+  int rest = blockIdx.x;
+  const int seg = rest % segs;
+  rest /= segs;
+  const int pt = rest % a.ptiles;
+  const int bh = rest / a.ptiles;
+  const int h = bh % a.H, b = bh / a.H;
+  const int grp = h / a.heads_per_group;
+  const int p0 = pt * kSsdPT;
+  const int p_valid = min(kSsdPT, a.P - p0);
+  const int64_t t_begin = int64_t(seg) * a.seg_chunks * Q;
+  const int64_t t_end = min(a.L, t_begin + int64_t(a.seg_chunks) * Q);
+  const int chunks = int((t_end - t_begin + Q - 1) / Q);
+
+  const E* x = static_cast<const E*>(a.x) + ((int64_t(b) * a.L) * a.H + h) * a.P + p0;
+  const E* Bg = static_cast<const E*>(a.B) + (int64_t(b) * a.L * a.G + grp) * a.N;
+  const E* Cg = static_cast<const E*>(a.C) + (int64_t(b) * a.L * a.G + grp) * a.N;
+  const E* dtg = static_cast<const E*>(a.dt) + int64_t(b) * a.L * a.H + h;
+  const int64_t x_stride = int64_t(a.H) * a.P, bc_stride = int64_t(a.G) * a.N;
+  const bool vec_x = a.vec & kSsdVecX, vec_bc = a.vec & kSsdVecBC;
+
+  auto issue_loads = [&](int stage, int64_t t0) {
+    E* s = stage0 + stage * K::kStageElems;
+    const int rows = int(min(int64_t(Q), t_end - t0));
+    load_tile<Q, kSsdPT>(s, K::LX, x + t0 * x_stride, x_stride, rows, p_valid, vec_x);
+    E* sB = s + Q * K::LX;
+    load_tile<Q, NT>(sB, K::LB, Bg + t0 * bc_stride, bc_stride, rows, a.N, vec_bc);
+    if (!kStatesOnly) load_tile<Q, NT>(sB + Q * K::LB, K::LB, Cg + t0 * bc_stride, bc_stride, rows, a.N, vec_bc);
+    cp_async_commit();
+  };
+
+  // The state: warp w holds rows p = 16 mt + g (+8) and columns n = w NW + 8 j + 2 tq (+1).
+  const int nw0 = warp * K::NW;
+  const bool vec_state = a.vec & kSsdVecState;
+  float S[4][NJ][4];
+  {
+    const float* src = nullptr;
+    if (!kStatesOnly) {
+      src = a.segments > 1 ? a.seg_states + (int64_t(bh) * a.segments + seg) * a.P * a.N
+                           : (a.h0 ? a.h0 + int64_t(bh) * a.P * a.N : nullptr);
+    }
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int p = 16 * mt + g + 8 * hf, n = nw0 + 8 * j + 2 * tq;
+          float2 v = make_float2(0.f, 0.f);
+          if (src && p < p_valid && n < a.N) v = load_two(src + int64_t(p0 + p) * a.N + n, vec_state, n + 1 < a.N);
+          S[mt][j][2 * hf] = v.x, S[mt][j][2 * hf + 1] = v.y;
+        }
+      }
+    }
+  }
+  auto store_state_tile = [&]() {  // S as E into the row phase's tile [p][n]
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          E* q = state_tile + (16 * mt + g + 8 * hf) * K::LB + nw0 + 8 * j + 2 * tq;
+          store_two(q, make_float2(S[mt][j][2 * hf], S[mt][j][2 * hf + 1]), true, true);
+        }
+      }
+    }
+  };
+  if (!kStatesOnly) store_state_tile();
+
+  // Warp 0's dt: steps lane and lane + 32 of the next chunk to process, loaded a chunk ahead.
+  const float A_h = a.A[h], bias = a.dt_bias ? a.dt_bias[h] : 0.f;
+  float raw[2] = {0.f, 0.f};
+  auto load_dt = [&](int64_t t0) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int64_t t = t0 + lane + 32 * i;
+      raw[i] = t < t_end ? to_float(dtg[t * a.H]) : 0.f;
+    }
+  };
+  double seg_log_decay = 0.0;
+
+  issue_loads(0, t_begin);
+  if (warp == 0) load_dt(t_begin);
+
+  const int rt = warp & 3, pw0 = (warp >> 2) * K::PW;
+  const int r0 = 16 * rt + g, r1 = r0 + 8;
+  for (int k = 0; k < chunks; ++k) {
+    const int64_t t0 = t_begin + int64_t(k) * Q;
+    const int stage = K::kStages == 2 ? (k & 1) : 0;
+    E* sx = stage0 + stage * K::kStageElems;
+    const Tile<E> xs{sx, K::LX}, Bs{sx + Q * K::LX, K::LB}, Cs{sx + Q * (K::LX + K::LB), K::LB};
+    cp_async_wait_all();
+    __syncthreads();  // chunk k in shared memory; everyone is done with chunk k - 1
+    if (K::kStages == 2 && k + 1 < chunks) issue_loads(stage ^ 1, t0 + Q);
+
+    if (warp == 0) {
+      float dtv[2];
+      double c[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const bool valid = t0 + lane + 32 * i < t_end;
+        dtv[i] = valid ? ssd_time_step(raw[i], bias, a.softplus, a.dt_min, a.dt_max) : 0.f;
+        c[i] = double(dtv[i] * A_h);
+      }
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const double u = __shfl_up_sync(~0u, c[i], o);
+          if (lane >= o) c[i] += u;
+        }
+      }
+      c[1] += __shfl_sync(~0u, c[0], 31);
+      const double end = __shfl_sync(~0u, c[1], 31);
+      constexpr double kLog2eD = 1.4426950408889634;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int t = lane + 32 * i;
+        cum[t] = c[i];
+        dts[t] = dtv[i];
+        w_end[t] = dtv[i] * exp2_accurate(float((end - c[i]) * kLog2eD));
+        e_start[t] = exp2_accurate(float(c[i] * kLog2eD));
+      }
+      if (lane == 0) *chunk_decay = exp2_accurate(float(end * kLog2eD));
+      seg_log_decay += end;
+      if (k + 1 < chunks) load_dt(t0 + Q);
+    }
+
+    if constexpr (!kStatesOnly) {
+      // The gate's loads first (16-bit pairs kept packed), so that the products hide them.
+      const int64_t row0 = ((int64_t(b) * a.L + t0 + r0) * a.H + h) * a.P + p0, row1 = row0 + 8 * x_stride;
+      const bool vec_yz = a.vec & kSsdVecYZ;
+      uint32_t zraw[2][PTL];
+      if constexpr (sizeof(T) == 2) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+          for (int j = 0; j < PTL; ++j) {
+            const int p = pw0 + 8 * j + 2 * tq;
+            const bool ok = a.z && t0 + (hf ? r1 : r0) < t_end && p < p_valid;
+            const float2 v = ok ? load_two(static_cast<const T*>(a.z) + (hf ? row1 : row0) + p, vec_yz, p + 1 < p_valid)
+                                : make_float2(0.f, 0.f);
+            zraw[hf][j] = pack2<T>(v.x, v.y);
+          }
+        }
+      }
+      // Row phase, products: scores [16 rows t, s < 16 (rt + 1)] and C S_in^T [16 t, PW p].
+      float acc_s[8][4], acc_i[PTL][4];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc_s[j][0] = acc_s[j][1] = acc_s[j][2] = acc_s[j][3] = 0.f;
+#pragma unroll
+      for (int j = 0; j < PTL; ++j) acc_i[j][0] = acc_i[j][1] = acc_i[j][2] = acc_i[j][3] = 0.f;
+      const Tile<E> Ss{state_tile, K::LB};
+#pragma unroll 2
+      for (int ks = 0; ks < NT / 16; ++ks) {
+        const FragA<PX> ca = load_a<M, PX>(Cs, 16 * rt, 16 * ks, false);
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          if (jj <= rt) {
+            FragB<PX> bb[2];
+            load_b<M, PX>(bb, Bs, 16 * jj, 16 * ks, false);
+            mma<M>(acc_s[2 * jj], ca, bb[0]);
+            mma<M>(acc_s[2 * jj + 1], ca, bb[1]);
+          }
+        }
+#pragma unroll
+        for (int pp = 0; pp < PTL / 2; ++pp) {
+          FragB<PX> bb[2];
+          load_b<M, PX>(bb, Ss, pw0 + 16 * pp, 16 * ks, false);
+          mma<M>(acc_i[2 * pp], ca, bb[0]);
+          mma<M>(acc_i[2 * pp + 1], ca, bb[1]);
+        }
+      }
+      __syncthreads();  // warp 0's per-step values are in; every read of the state tile is done
+
+      // Scores -> exp(cum_t - cum_s) dt_s C_t.B_s for s <= t, else 0.
+      const double c0 = cum[r0], c1 = cum[r1];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        if (j < 2 * (rt + 1)) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int s = 8 * j + 2 * tq + (e & 1), t = e < 2 ? r0 : r1;
+            const float decay = ex2(float(((e < 2 ? c0 : c1) - cum[s])) * kLog2e);
+            acc_s[j][e] = s <= t ? acc_s[j][e] * decay * dts[s] : 0.f;
+          }
+        }
+      }
+      float y[PTL][4];
+      const float e0 = e_start[r0], e1 = e_start[r1];
+#pragma unroll
+      for (int j = 0; j < PTL; ++j) {
+        y[j][0] = acc_i[j][0] * e0, y[j][1] = acc_i[j][1] * e0;
+        y[j][2] = acc_i[j][2] * e1, y[j][3] = acc_i[j][3] * e1;
+      }
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        if (kk <= rt) {
+          const FragA<PX> sa = accumulators_as_a<M, PX>(acc_s, kk);
+#pragma unroll
+          for (int pp = 0; pp < PTL / 2; ++pp) {
+            FragB<PX> bb[2];
+            load_b<M, PX>(bb, xs, pw0 + 16 * pp, 16 * kk, true);
+            mma<M>(y[2 * pp], sa, bb[0]);
+            mma<M>(y[2 * pp + 1], sa, bb[1]);
+          }
+        }
+      }
+      // + D x, gate, store.
+      const float Dh = a.D ? a.D[h] : 0.f;
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int t = hf ? r1 : r0;
+        if (t0 + t >= t_end) continue;
+        const int64_t row = hf ? row1 : row0;
+#pragma unroll
+        for (int j = 0; j < PTL; ++j) {
+          const int p = pw0 + 8 * j + 2 * tq;
+          if (p >= p_valid) continue;
+          const bool both = p + 1 < p_valid;
+          float2 v = make_float2(fmaf(Dh, xs.get(t, p), y[j][2 * hf]), fmaf(Dh, xs.get(t, p + 1), y[j][2 * hf + 1]));
+          if (a.z) {
+            const float2 zv = sizeof(T) == 2 ? unpack2<M>(zraw[hf][j])
+                                             : load_two(static_cast<const T*>(a.z) + row + p, vec_yz, both);
+            v.x *= silu(zv.x), v.y *= silu(zv.y);
+          }
+          store_two(static_cast<T*>(a.y) + row + p, v, vec_yz, both);
+        }
+      }
+    } else {
+      __syncthreads();  // warp 0's per-step values are in
+    }
+
+    // State phase: S = exp(cum_end) S + x^T (w B), w_s = dt_s exp(cum_end - cum_s).
+    {
+      float acc_l[4][NJ][4];
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) acc_l[mt][j][0] = acc_l[mt][j][1] = acc_l[mt][j][2] = acc_l[mt][j][3] = 0.f;
+      }
+#pragma unroll
+      for (int ks = 0; ks < Q / 16; ++ks) {
+        float w[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w[i] = w_end[16 * ks + 2 * tq + (i & 1) + (i >> 1) * 8];
+        FragB<PS> bw[NJ];
+#pragma unroll
+        for (int q = 0; q < NJ / 2; ++q) {
+          FragB<PS> two[2];
+          load_b_weighted<M, PS>(two, Bs, nw0 + 16 * q, 16 * ks, w);
+          bw[2 * q] = two[0], bw[2 * q + 1] = two[1];
+        }
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) {
+          const FragA<PX> xa = load_a<M, PX>(xs, 16 * mt, 16 * ks, true);
+#pragma unroll
+          for (int j = 0; j < NJ; ++j) mma<M>(acc_l[mt][j], xa, bw[j]);
+        }
+      }
+      const float d = *chunk_decay;
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) S[mt][j][e] = fmaf(d, S[mt][j][e], acc_l[mt][j][e]);
+        }
+      }
+    }
+    if (!kStatesOnly && k + 1 < chunks) store_state_tile();
+    if (K::kStages == 1 && k + 1 < chunks) {
+      __syncthreads();  // every read of the stage is done
+      issue_loads(0, t0 + Q);
+    }
+  }
+
+  // The end state: the final state (last segment), or the segment's own (ssd_segment_states).
+  float* dst = nullptr;
+  if (kStatesOnly) {
+    dst = a.seg_states + (int64_t(bh) * a.segments + seg + 1) * a.P * a.N;
+    if (pt == 0 && threadIdx.x == 0) a.seg_log_decay[int64_t(bh) * a.segments + seg] = float(seg_log_decay);
+  } else if (seg == a.segments - 1) {
+    dst = a.hT + int64_t(bh) * a.P * a.N;
+  }
+  if (dst) {
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int p = 16 * mt + g + 8 * hf, n = nw0 + 8 * j + 2 * tq;
+          if (p < p_valid && n < a.N) {
+            store_two(dst + int64_t(p0 + p) * a.N + n, make_float2(S[mt][j][2 * hf], S[mt][j][2 * hf + 1]), vec_state,
+                      n + 1 < a.N);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Chains the segments of every (batch, head): slot j of seg_states becomes the state entering
+// segment j (slot 0: the initial state). One thread per state element; kBatch segments'
+// loads are issued together.
+template <int kBatch>
+__global__ void __launch_bounds__(256) ssd_pass_segments(const SsdArgs a) {
+  const int64_t pn = int64_t(a.P) * a.N, total = int64_t(a.batch) * a.H * pn;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t bh = i / pn, e = i - bh * pn;
+    float* slots = a.seg_states + bh * a.segments * pn + e;
+    const float* log_decay = a.seg_log_decay + bh * a.segments;
+    float s = a.h0 ? a.h0[i] : 0.f;
+    slots[0] = s;
+    for (int j0 = 1; j0 < a.segments; j0 += kBatch) {
+      float local[kBatch], ld[kBatch];
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        if (j0 + q < a.segments) local[q] = slots[(j0 + q) * pn], ld[q] = log_decay[j0 + q - 1];
+      }
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        if (j0 + q < a.segments) {
+          s = fmaf(exp2_accurate(ld[q] * kLog2e), s, local[q]);
+          slots[(j0 + q) * pn] = s;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace mamba_cuda

@@ -1,0 +1,133 @@
+// The C ABI of the CUDA SSD scan (plugins/include/mamba_kernels.h): checks, the plan
+// (decode, or the prefill's tiling and segmentation) and the dispatch on the activation
+// type (instantiated in ssd_*.cu).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+
+#include "../ssd_scan_check.h"
+#include "device_props.h"
+#include "mamba_kernels.h"
+#include "ssd_plan.h"
+
+namespace mamba_cuda {
+
+template <typename T>
+SsdOccupancy ssd_occupancy(int nt);
+template <typename T>
+cudaError_t launch_ssd(const mamba_ssd_scan_params& p, const SsdPlan& plan, void* workspace, int multiprocessors,
+                       cudaStream_t stream);
+
+namespace {
+
+constexpr int64_t kChunk = 64;       // steps per chunk (ssd_prefill.cuh)
+constexpr int64_t kMaxSegments = 64;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Chunks per segment from MAMBA_KERNELS_SSD_SEGMENT, or 0.
+int64_t forced_segment() {
+  const char* env = std::getenv("MAMBA_KERNELS_SSD_SEGMENT");
+  const long long v = env ? std::atoll(env) : 0;
+  return v > 0 ? v : 0;
+}
+
+}  // namespace
+
+SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupancy occupancy) {
+  SsdPlan plan{SsdPlan::kNothing, 64, 1, 1, 1};
+  if (p.batch == 0 || p.nheads == 0 || p.headdim == 0) return plan;
+  if (p.seqlen == 0) {
+    if (p.dstate > 0) plan.kind = SsdPlan::kCopyState;
+    return plan;
+  }
+  if (p.seqlen == 1) {
+    plan.kind = SsdPlan::kDecode;
+    return plan;
+  }
+  plan.kind = SsdPlan::kPrefill;
+  plan.nt = p.dstate <= 64 ? 64 : p.dstate <= 128 ? 128 : 256;
+  plan.ptiles = int(ceil_div(p.headdim, 64));
+  const int64_t chunks = ceil_div(p.seqlen, kChunk);
+  const int64_t chains = p.batch * p.nheads * plan.ptiles;
+  int64_t seg_chunks = forced_segment();
+  if (!seg_chunks) {
+    // Every block walks its whole segment, so a grid is worth its number of waves times the
+    // segment length; segments add the states-only pass (about half a chunk's work per
+    // chunk) and the chaining kernel (counted as two chunks).
+    const int64_t slots = int64_t(multiprocessors) * occupancy.full;
+    const int64_t slots_states = int64_t(multiprocessors) * occupancy.states;
+    double best = 0;
+    for (int64_t n = 1; n <= kMaxSegments && n <= chunks; ++n) {
+      const int64_t len = ceil_div(chunks, n), segs = ceil_div(chunks, len);
+      if (segs != n) continue;
+      double cost = double(ceil_div(chains * segs, slots) * len);
+      if (segs > 1) cost += 0.5 * double(ceil_div(chains * (segs - 1), slots_states) * len) + 2.0;
+      if (n == 1 || cost < best) best = cost, seg_chunks = len;
+    }
+  }
+  seg_chunks = seg_chunks < chunks ? seg_chunks : chunks;
+  const int64_t segments = ceil_div(chunks, seg_chunks);
+  if (segments > kMaxSegments) seg_chunks = ceil_div(chunks, kMaxSegments);
+  plan.seg_chunks = int(seg_chunks);
+  plan.segments = int(ceil_div(chunks, seg_chunks));
+  return plan;
+}
+
+size_t ssd_workspace_bytes(const mamba_ssd_scan_params& p, const SsdPlan& plan) {
+  if (plan.kind != SsdPlan::kPrefill || plan.segments == 1) return 0;
+  const int64_t per_segment = p.batch * p.nheads * (p.headdim * p.dstate + 1);
+  return size_t(plan.segments * per_segment) * sizeof(float);
+}
+
+namespace {
+
+SsdOccupancy occupancy(const mamba_ssd_scan_params& p) {
+  if (p.seqlen < 2) return {1, 1};
+  const int nt = p.dstate <= 64 ? 64 : p.dstate <= 128 ? 128 : 256;
+  switch (p.dtype) {
+    case MAMBA_FLOAT16: return ssd_occupancy<__half>(nt);
+    case MAMBA_BFLOAT16: return ssd_occupancy<__nv_bfloat16>(nt);
+    default: return ssd_occupancy<float>(nt);
+  }
+}
+
+SsdPlan plan_for(const mamba_ssd_scan_params& p) { return plan_ssd(p, multiprocessor_count(), occupancy(p)); }
+
+}  // namespace
+}  // namespace mamba_cuda
+
+extern "C" {
+
+MAMBA_API const char* mamba_ssd_scan_cuda_check(const mamba_ssd_scan_params* p) {
+  if (const char* err = mamba_ssd_scan_contract_error(p)) return err;
+  if (p->dstate > 256) return "mamba_ssd_scan (CUDA): dstate must be <= 256";
+  if (p->batch * p->nheads * p->headdim >= (int64_t{1} << 31)) {
+    return "mamba_ssd_scan (CUDA): batch * nheads * headdim must be < 2^31";
+  }
+  if (p->seqlen >= (int64_t{1} << 31)) return "mamba_ssd_scan (CUDA): seqlen must be < 2^31";
+  return nullptr;
+}
+
+MAMBA_API size_t mamba_ssd_scan_cuda_workspace_size(const mamba_ssd_scan_params* p) {
+  if (mamba_ssd_scan_cuda_check(p)) return 0;
+  return mamba_cuda::ssd_workspace_bytes(*p, mamba_cuda::plan_for(*p));
+}
+
+MAMBA_API int mamba_ssd_scan_cuda(const mamba_ssd_scan_params* p, void* workspace, void* stream) {
+  if (mamba_ssd_scan_cuda_check(p)) return cudaErrorInvalidValue;
+  using namespace mamba_cuda;
+  const SsdPlan plan = plan_for(*p);
+  if (ssd_workspace_bytes(*p, plan) && !workspace) return cudaErrorInvalidValue;
+  const auto s = static_cast<cudaStream_t>(stream);
+  const int sms = multiprocessor_count();
+  switch (p->dtype) {
+    case MAMBA_FLOAT16: return launch_ssd<__half>(*p, plan, workspace, sms, s);
+    case MAMBA_BFLOAT16: return launch_ssd<__nv_bfloat16>(*p, plan, workspace, sms, s);
+    default: return launch_ssd<float>(*p, plan, workspace, sms, s);
+  }
+}
+
+}  // extern "C"
