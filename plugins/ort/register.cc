@@ -5,6 +5,9 @@
 #include "cpu_provider.h"
 #include "selective_scan_op.h"
 #include "ssd_scan_op.h"
+#ifdef MAMBA_ORT_WITH_CUDA
+#include "cuda_provider.h"
+#endif
 
 namespace {
 
@@ -21,19 +24,33 @@ void add_op(Ort::CustomOpDomain& domain) {
 }
 
 // The ops and their domain live as long as the library: sessions created from these
-// options keep pointers to them, so they are never released.
+// options keep pointers to them, so they are never released. A session without the CUDA
+// execution provider never creates a CUDA kernel, so the library runs where no GPU is.
 OrtCustomOpDomain* mamba_domain() {
   static OrtCustomOpDomain* domain = [] {
     using namespace mamba_ort;
     Ort::CustomOpDomain created("mamba");
     add_op<SelectiveScan, CpuProvider>(created);
     add_op<SSDScan, CpuProvider>(created);
+#ifdef MAMBA_ORT_WITH_CUDA
+    add_op<SelectiveScan, CudaProvider>(created);
+#endif
     return created.release();
   }();
   return domain;
 }
 
 }  // namespace
+
+// The execution providers this build has kernels for, comma-separated (read by
+// mamba_export.runtime.ort with ctypes, to tell a CPU-only build from a CUDA one).
+extern "C" __attribute__((visibility("default"))) const char* mamba_ort_execution_providers() {
+#ifdef MAMBA_ORT_WITH_CUDA
+  return "CPUExecutionProvider,CUDAExecutionProvider";
+#else
+  return "CPUExecutionProvider";
+#endif
+}
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(
     OrtSessionOptions* options, const OrtApiBase* api_base) {
