@@ -99,12 +99,13 @@ def _session(export_dir: Path, backend: str):
     if backend == "ort-portable":
         return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     providers = ["CPUExecutionProvider"]
+    from .runtime.ort import cuda_unavailable, ort_session
+
     if backend == "ort-cuda":
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            raise MambaExportError("backend ort-cuda: this onnxruntime has no CUDA execution provider "
-                                   "(install onnxruntime-gpu on a machine with a GPU)")  # fmt: skip
+        reason = cuda_unavailable()
+        if reason:
+            raise MissingDependencyError(f"backend ort-cuda: {reason}")
         providers.insert(0, "CUDAExecutionProvider")
-    from .runtime.ort import ort_session
 
     return ort_session(path, providers=providers)
 

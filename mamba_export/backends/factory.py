@@ -10,6 +10,7 @@ import torch
 from .. import console
 from ..errors import MambaExportError
 from ..export.onnx_export import export_onnx, read_export_info
+from ..runtime.ort import cuda_unavailable
 from .base import Backend
 from .torch_backend import TorchBackend
 
@@ -17,6 +18,7 @@ BACKENDS = {
     "torch": "eager PyTorch (the scan through the torch op)",
     "ort": "ONNX Runtime, CPU, with the mamba custom-op library",
     "ort-portable": "ONNX Runtime, CPU, standard ONNX ops only (no custom-op library)",
+    "ort-cuda": "ONNX Runtime, CUDA execution provider, with the mamba custom-op library (state on the GPU)",
     "trt": "TensorRT engine with the mamba plugin, CUDA (built into the export directory)",
 }
 
@@ -48,7 +50,7 @@ def backend_unavailable(name: str, device: str | None = None) -> str | None:
     """Why backend ``name`` cannot run on ``device`` (None: its usual one) here, or None when it can."""
     if name not in BACKENDS:
         return f"unknown backend '{name}'; choose from {', '.join(BACKENDS)}"
-    device = device or ("cuda" if name == "trt" else "cpu")
+    device = device or default_device(name)
     if name == "torch":
         if device.startswith("cuda") and not torch.cuda.is_available():
             return "no CUDA device visible to PyTorch"
@@ -61,7 +63,15 @@ def backend_unavailable(name: str, device: str | None = None) -> str | None:
         return "onnxruntime is not installed"
     if name in ("ort", "ort-portable") and device != "cpu":
         return f"{name} runs on the CPU; use ort-cuda for the GPU"
+    if name == "ort-cuda":
+        if not device.startswith("cuda"):
+            return "ort-cuda runs on CUDA; use --device cuda"
+        return cuda_unavailable()
     return None
+
+
+def default_device(name: str) -> str:
+    return "cuda" if name in ("trt", "ort-cuda") else "cpu"
 
 
 def _trt_unavailable(device: str) -> str | None:
@@ -118,4 +128,4 @@ def open_backend(name: str, model: torch.nn.Module, *, export_dir: Path | None =
     from .ort_backend import OrtBackend
 
     with console.step(f"Creating the ONNX Runtime session ({name})"):
-        return OrtBackend(export_dir, name=name)
+        return OrtBackend(export_dir, name=name, device=device or default_device(name))

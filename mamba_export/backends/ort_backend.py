@@ -1,4 +1,10 @@
-"""An exported model run by ONNX Runtime (`ort`: CPU execution provider)."""
+"""An exported model run by ONNX Runtime: `ort` (CPU) and `ort-cuda` (CUDA execution provider).
+
+Tensors are bound by pointer (IO binding) on the backend's device, so on CUDA the logits and
+the states stay on the GPU between calls. ORT runs on torch's current stream (the CUDA
+provider's ``user_compute_stream``) and does not synchronise at the end of a run: work is
+ordered by the stream, as for any torch operation.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +12,103 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MissingDependencyError
+from ..errors import MambaExportError, MissingDependencyError
 from ..export.onnx_export import read_export_info
-from ..models import config_from_dict, zero_state
+from ..runtime.ort import cuda_unavailable, import_onnxruntime, ort_session
 from .base import State
+
+# ORT's type names of the graph's inputs and outputs, and their onnx.TensorProto numbers
+# (what IO binding takes; numpy, hence ORT's numpy types, has no bfloat16).
+_TORCH_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16,
+                "tensor(int64)": torch.int64, "tensor(int32)": torch.int32}  # fmt: skip
+_ONNX_TYPES = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16, torch.int64: 7, torch.int32: 6}
+
+
+class _Tensor:
+    """A graph input or output: name, torch dtype, shape with symbolic dimensions as names."""
+
+    def __init__(self, node_arg):
+        self.name, self.shape = node_arg.name, list(node_arg.shape)
+        if node_arg.type not in _TORCH_TYPES:
+            raise MambaExportError(f"{self.name} has type {node_arg.type}, which this backend does not bind")
+        self.dtype = _TORCH_TYPES[node_arg.type]
+
+    def resolve(self, sizes: dict[str, int]) -> list[int]:
+        """The shape with the symbols' sizes filled in."""
+        if not all(isinstance(d, int) or d in sizes for d in self.shape):
+            raise MambaExportError(f"the size of {self.name} {self.shape} does not follow from the inputs")
+        return [d if isinstance(d, int) else sizes[d] for d in self.shape]
 
 
 class OrtBackend:
-    """``export_dir`` holds model.onnx + export.json as written by ``export_onnx``."""
+    """``export_dir`` holds model.onnx + export.json as written by ``export_onnx``.
+    ``device``: "cpu" (CPU execution provider) or a CUDA device (CUDA execution provider,
+    the CPU one behind it for anything the CUDA one cannot run)."""
 
-    def __init__(self, export_dir: str | Path, providers: list[str] | None = None, name: str = "ort",
+    def __init__(self, export_dir: str | Path, name: str = "ort", device: str | torch.device = "cpu",
                  session_options=None):
-        self.name, self.device = name, torch.device("cpu")
+        self.name, self.device = name, torch.device(device)
         self.info = read_export_info(export_dir)
         path = Path(export_dir) / "model.onnx"
+        ort = import_onnxruntime()
+        providers, self._run_options = ["CPUExecutionProvider"], None
+        if self.device.type == "cuda":
+            reason = cuda_unavailable(needs_custom_op=not self.info["portable"])
+            if reason:
+                raise MissingDependencyError(f"backend {name}: {reason}")
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            self._stream = torch.cuda.current_stream(self.device)
+            cuda = {"device_id": str(self.device.index), "user_compute_stream": str(self._stream.cuda_stream)}
+            providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        elif self.device.type != "cpu":
+            raise MambaExportError(f"backend {name} runs on the CPU or CUDA, not on {self.device}")
         if self.info["portable"]:  # standard ops only: no custom-op library needed
-            try:
-                import onnxruntime
-            except ImportError:
-                raise MissingDependencyError("the ort backend needs onnxruntime (pip install onnxruntime)") from None
-            self.session = onnxruntime.InferenceSession(str(path), session_options, providers=providers)
+            self.session = ort.InferenceSession(str(path), session_options, providers=providers)
         else:
-            from ..runtime.ort import ort_session
-
             self.session = ort_session(path, providers=providers, session_options=session_options)
-        self.conv_dtype = getattr(torch, self.info["state"]["conv"]["dtype"])
-        self.output_names = self.info["outputs"]
+        if self.device.type == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise MissingDependencyError(f"backend {name}: onnxruntime could not start its CUDA execution "
+                                         "provider (its warning above says why, e.g. missing CUDA or cuDNN libraries)")
+        self.inputs = [_Tensor(a) for a in self.session.get_inputs()]
+        self.outputs = [_Tensor(a) for a in self.session.get_outputs()]
 
     def empty_state(self, batch: int) -> State:
-        return zero_state(config_from_dict(self.info["config"]), batch, self.conv_dtype, self.device)
+        """Zeros in the shapes and types of the graph's state inputs (zeros mean "start of sequence")."""
+        zeros = [torch.zeros(t.resolve({"batch": batch}), dtype=t.dtype, device=self.device) for t in self.inputs[1:]]
+        return [(zeros[i], zeros[i + 1]) for i in range(0, len(zeros), 2)]
+
+    def _bind(self, input_ids: torch.Tensor, state: State):
+        """The inputs on the device, fresh outputs of the implied shapes, and their IO binding."""
+        flat = [input_ids, *(t for pair in state for t in pair)]
+        if len(flat) != len(self.inputs):
+            raise MambaExportError(f"expected the state of {(len(self.inputs) - 1) // 2} layers, got {len(state)}")
+        inputs = [t.to(self.device, spec.dtype).contiguous() for spec, t in zip(self.inputs, flat)]
+        sizes: dict[str, int] = {}
+        for spec, t in zip(self.inputs, inputs):  # the first input to use a symbol sets its size
+            expected = [sizes.setdefault(d, n) if isinstance(d, str) else d for d, n in zip(spec.shape, t.shape)]
+            if len(spec.shape) != t.dim() or expected != list(t.shape):
+                named = ", ".join(f"{d}={sizes[d]}" if d in sizes else str(d) for d in spec.shape)
+                raise MambaExportError(f"{spec.name} must have shape [{named}], got {list(t.shape)}")
+        outputs = [torch.empty(spec.resolve(sizes), dtype=spec.dtype, device=self.device) for spec in self.outputs]
+        binding = self.session.io_binding()
+        index = self.device.index or 0
+        for bind, specs, tensors in ((binding.bind_input, self.inputs, inputs),
+                                     (binding.bind_output, self.outputs, outputs)):  # fmt: skip
+            for spec, t in zip(specs, tensors):
+                bind(spec.name, self.device.type, index, _ONNX_TYPES[t.dtype], list(t.shape), t.data_ptr())
+        return inputs, outputs, binding
 
     def forward(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        flat = [t for pair in state for t in pair]
-        feeds = dict(zip(self.info["inputs"], [input_ids.cpu().numpy(), *(t.cpu().numpy() for t in flat)]))
-        logits, *new = (torch.from_numpy(a) for a in self.session.run(self.output_names, feeds))
+        inputs, outputs, binding = self._bind(input_ids, state)  # inputs: alive until the run is enqueued
+        if self.device.type == "cuda" and torch.cuda.current_stream(self.device) != self._stream:
+            current = torch.cuda.current_stream(self.device)  # the caller switched streams: order both ways
+            self._stream.wait_stream(current)
+            self.session.run_with_iobinding(binding, self._run_options)
+            current.wait_stream(self._stream)
+        else:
+            self.session.run_with_iobinding(binding, self._run_options)
+        logits, *new = outputs
         return logits, [(new[2 * i], new[2 * i + 1]) for i in range(len(new) // 2)]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
+
+import torch
 
 from ..errors import MissingDependencyError
 from ..native import custom_op_library
@@ -12,7 +16,8 @@ from ..native import custom_op_library
 _REGISTERED_KEY = "mamba_export.custom_op_library"
 
 
-def _onnxruntime():
+def import_onnxruntime():
+    """onnxruntime, imported after torch: onnxruntime-gpu then finds the CUDA libraries torch loaded."""
     try:
         import onnxruntime
     except ImportError as e:
@@ -26,11 +31,13 @@ def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_op
     """An ``onnxruntime.InferenceSession`` for a model using the ``mamba`` ops.
 
     onnx_path: a model file (or its serialized bytes). providers: ORT execution providers,
-    default ``["CPUExecutionProvider"]``. session_options: an ``onnxruntime.SessionOptions``
+    names or (name, options) pairs, default ``["CPUExecutionProvider"]``; with
+    ``"CUDAExecutionProvider"`` first (onnxruntime-gpu, a library built with CUDA) the mamba
+    ops run on the GPU too. session_options: an ``onnxruntime.SessionOptions``
     to use; the custom-op library is registered on it (once, however often it is passed).
     ORT's defaults apply otherwise (all graph optimisations, its own thread count).
     """
-    ort = _onnxruntime()
+    ort = import_onnxruntime()
     library = custom_op_library()
     options = session_options if session_options is not None else ort.SessionOptions()
     try:
@@ -40,3 +47,54 @@ def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_op
         options.add_session_config_entry(_REGISTERED_KEY, library)
     model = onnx_path if isinstance(onnx_path, bytes) else os.fspath(onnx_path)
     return ort.InferenceSession(model, sess_options=options, providers=providers or ["CPUExecutionProvider"])
+
+
+def custom_op_providers() -> list[str]:
+    """The execution providers the custom-op library has kernels for: CPU, and CUDA when it
+    was built with the CUDA kernels. Raises MissingDependencyError when it is not built."""
+    path = custom_op_library()
+    try:
+        library = ctypes.CDLL(path)
+    except OSError as e:  # e.g. a CUDA build whose libmamba_kernels.so is not next to it
+        raise MissingDependencyError(f"cannot load {path}: {e}") from None
+    try:
+        providers = library.mamba_ort_execution_providers
+    except AttributeError:  # built before the CUDA op existed
+        return ["CPUExecutionProvider"]
+    providers.restype = ctypes.c_char_p
+    return providers().decode().split(",")
+
+
+def cuda_unavailable(needs_custom_op: bool = True) -> str | None:
+    """Why the mamba ops cannot run on ONNX Runtime's CUDA execution provider here, or None."""
+    ort = import_onnxruntime()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return (f"this onnxruntime ({ort.__version__}) has no CUDA execution provider: "
+                "pip install onnxruntime-gpu in place of onnxruntime")  # fmt: skip
+    if needs_custom_op:
+        try:
+            providers = custom_op_providers()
+        except MissingDependencyError as e:
+            return str(e)
+        if "CUDAExecutionProvider" not in providers:
+            return ("the custom-op library was built without CUDA (no nvcc, or MAMBA_EXPORT_CUDA=OFF); rebuild it "
+                    "where CUDA 13 is installed, e.g. CMAKE_ARGS=-DMAMBA_EXPORT_CUDA=ON make native")  # fmt: skip
+    if not torch.cuda.is_available():
+        return "no CUDA device visible to PyTorch"
+    return None
+
+
+def node_placement(profile_file: str | os.PathLike) -> dict[str, tuple[str, str]]:
+    """{node name: (op type, execution provider)} of every node a profiled session ran
+    (SessionOptions.enable_profiling; the file is what InferenceSession.end_profiling returns)."""
+    with open(profile_file) as f:
+        events = json.load(f)
+    return {e["name"].removesuffix("_kernel_time"): (e["args"]["op_name"], e["args"]["provider"])
+            for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}  # fmt: skip
+
+
+def off_provider(placement: dict[str, tuple[str, str]], provider: str = "CUDAExecutionProvider") -> list[str]:
+    """The nodes of ``placement`` that ran elsewhere than on ``provider``, and the copies ORT
+    inserted between providers (each a round trip through host memory for CUDA)."""
+    return sorted(f"{name} ({op} on {where})" for name, (op, where) in placement.items()
+                  if where != provider or op in ("MemcpyToHost", "MemcpyFromHost"))  # fmt: skip
