@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The CUDA selective scan's proof on a GPU machine, in one command: sanitizers on a small
 # driver, then checks against the reference and timings (check_and_time.py; its arguments
-# pass through). Uses build/kbench/{libmamba_kernels.so,sanitize_driver} when present (built
-# on an x86-64 machine with `benchmarks/kernels/run.sh --build-only`), else builds them.
+# pass through). `run.sh ssd [args]` does the same for the SSD scan (ssd_check_and_time.py;
+# the mamba_ssm anchor is third_party/mamba_ssd, see its extract.sh). Uses
+# build/kbench/{libmamba_kernels.so,sanitize_driver} when present (built on an x86-64
+# machine with `benchmarks/kernels/run.sh --build-only`), else builds them.
 # The mamba_ssm anchor is used when third_party/mamba_ref exists (see its build.sh).
 # Results go to $OUT (default out/kernels).
 set -uo pipefail
@@ -21,6 +23,11 @@ if [[ ! -x $BUILD/sanitize_driver || ${1:-} == --build-only ]]; then
     -lmamba_kernels -Xlinker -rpath='$ORIGIN' -o "$BUILD/sanitize_driver" || exit 1
 fi
 [[ ${1:-} == --build-only ]] && exit 0
+DRIVER_ARGS=() SCRIPT=check_and_time.py
+if [[ ${1:-} == ssd ]]; then
+  shift
+  DRIVER_ARGS=(ssd) SCRIPT=ssd_check_and_time.py
+fi
 if [[ -x third_party/mamba_ref/build.sh && ! -f third_party/mamba_ref/libmamba_ref.so ]]; then
   third_party/mamba_ref/build.sh
 fi
@@ -28,12 +35,12 @@ fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
 status=0
 for tool in memcheck racecheck synccheck; do
-  if timeout 100 compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/sanitize_driver" >"$OUT/sanitize_$tool.log" 2>&1; then
+  if timeout 100 compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/sanitize_driver" "${DRIVER_ARGS[@]}" >"$OUT/sanitize_$tool.log" 2>&1; then
     echo "compute-sanitizer $tool: clean ($(grep -c ': ok' "$OUT/sanitize_$tool.log") cases)"
   else
     echo "compute-sanitizer $tool: FAILED"; tail -n 30 "$OUT/sanitize_$tool.log"; status=1
   fi
 done
 export MAMBA_EXPORT_KERNELS_LIBRARY=$PWD/$BUILD/libmamba_kernels.so
-PYTHONUNBUFFERED=1 python3 benchmarks/kernels/check_and_time.py --out "$OUT" "$@" || status=1
+PYTHONUNBUFFERED=1 python3 "benchmarks/kernels/$SCRIPT" --out "$OUT" "$@" || status=1
 exit $status
