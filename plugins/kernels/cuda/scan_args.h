@@ -26,4 +26,20 @@ struct ScanArgs {
 
 enum : unsigned { kVecU = 1, kVecDelta = 2, kVecZ = 4, kVecY = 8, kVecB = 16, kVecC = 32, kVecState = 64 };
 
+#ifdef __CUDACC__
+// The channels of a prefill block (a.bpg blocks of Dc channels per group): batch b, group g,
+// the first channel d0, and how many of its Dc channels lie inside the group.
+struct BlockChannels {
+  int b, g, d0, valid;
+};
+
+__device__ __forceinline__ BlockChannels block_channels(const ScanArgs& a, int Dc) {
+  const int per_batch = a.G * a.bpg;
+  const int b = blockIdx.x / per_batch;
+  const int g = (blockIdx.x - b * per_batch) / a.bpg;
+  const int cb = blockIdx.x - b * per_batch - g * a.bpg;
+  return {b, g, g * a.cpg + cb * Dc, min(Dc, a.cpg - cb * Dc)};
+}
+#endif
+
 }  // namespace mamba_cuda

@@ -37,11 +37,12 @@ __device__ __forceinline__ float exp2_accurate(float x) {
   return p * __int_as_float((int(n) + 127) << 23);
 }
 
-// softplus(x) = log(1 + e^x); x above 20 passes through (torch's threshold). Branch-free:
-// max(x, 0) + log1p(w) with w = e^-|x| in (0, 1], and log1p(w) = 2 atanh(s), s = w / (2 + w)
-// in (0, 1/3], as s times a degree-4 polynomial in s^2 (fitted, relative error 4e-9).
-// Small results (dt ~ 1e-3 in trained models) keep their relative accuracy (~1e-6 overall),
-// which log2 on the special-function unit would not (its error is absolute near 1).
+// softplus(x) = log(1 + e^x). Branch-free: max(x, 0) + log1p(w) with w = e^-|x| in (0, 1],
+// and log1p(w) = 2 atanh(s), s = w / (2 + w) in (0, 1/3], as s times a degree-4 polynomial in
+// s^2 (fitted, relative error 4e-9). Above 20 the correction (< 2.1e-9) is below half an ulp
+// of x, so x passes through as torch's threshold has it, with no select. Small results
+// (dt ~ 1e-3 in trained models) keep their relative accuracy (~1e-6 overall), which log2 on
+// the special-function unit would not (its error is absolute near 1).
 __device__ __forceinline__ float softplus(float x) {
   const float w = ex2(-fabsf(x) * kLog2e);
   const float s = __fdividef(w, 2.f + w);
@@ -50,7 +51,7 @@ __device__ __forceinline__ float softplus(float x) {
   p = fmaf(p, t, 0.4002491533756256f);
   p = fmaf(p, t, 0.6666631698608398f);
   p = fmaf(p, t, 2.f);
-  return x > 20.f ? x : fmaf(s, p, fmaxf(x, 0.f));
+  return fmaf(s, p, fmaxf(x, 0.f));
 }
 
 // z * sigmoid(z); for z < -88, e^-z is inf and the quotient a signed zero.
@@ -102,6 +103,18 @@ struct Pack {
       return __uint_as_float(k & 1 ? w[k / 2] & 0xffff0000u : w[k / 2] << 16);
     } else {
       return to_float(bits_to<T>(k & 1 ? w[k / 2] >> 16 : w[k / 2] & 0xffffu));
+    }
+  }
+  // Elements k and k + 1 (k even): one packing conversion for the 16-bit types.
+  __device__ __forceinline__ void set2(int k, float v0, float v1) {
+    if constexpr (sizeof(T) == 4) {
+      w[k] = __float_as_uint(v0), w[k + 1] = __float_as_uint(v1);
+    } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      const __nv_bfloat162 p = __floats2bfloat162_rn(v0, v1);
+      w[k / 2] = *reinterpret_cast<const uint32_t*>(&p);
+    } else {
+      const __half2 p = __floats2half2_rn(v0, v1);
+      w[k / 2] = *reinterpret_cast<const uint32_t*>(&p);
     }
   }
   __device__ __forceinline__ void set(int k, float v) {
@@ -201,6 +214,28 @@ __device__ __forceinline__ void store_shared(float* p, const float (&r)[V]) {
   } else {
 #pragma unroll
     for (int i = 0; i < V; ++i) p[i] = r[i];
+  }
+}
+
+// Four steps of the recurrence for NS states of a channel: s holds (dt, dt*u) of the steps;
+// B and C point at the first state's row at the first step, `stride` floats between states;
+// h is the running state and, with Anchor, hl the tile's scan from zero; acc[k] (zeroed by
+// the caller) gets the sum over the NS states of C*h after step k.
+template <int NS, bool Anchor>
+__device__ __forceinline__ void scan4(const float (&s)[8], const float (&A2)[NS], const float* B, const float* C,
+                                      int stride, float (&h)[NS], float (&hl)[NS], float (&acc)[4]) {
+#pragma unroll
+  for (int q = 0; q < NS; ++q) {
+    float bq[4], cq[4];
+    load_shared<4>(bq, B + q * stride);
+    load_shared<4>(cq, C + q * stride);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float dA = ex2(s[2 * k] * A2[q]), dBu = s[2 * k + 1] * bq[k];
+      h[q] = fmaf(dA, h[q], dBu);
+      if constexpr (Anchor) hl[q] = fmaf(dA, hl[q], dBu);
+      acc[k] = fmaf(cq[k], h[q], acc[k]);
+    }
   }
 }
 

@@ -7,6 +7,7 @@
 #include "mamba_kernels.h"
 #include "scan_args.h"
 #include "scan_decode.cuh"
+#include "scan_fused.cuh"
 #include "scan_plan.h"
 #include "scan_prefill.cuh"
 
@@ -15,34 +16,48 @@ namespace mamba_cuda {
 // The tilings (Tiling<NS, R, TW, TR, WC, TT, max registers per thread>). All blocks run
 // the whole sequence, so they must be resident at once (a second wave would double the
 // time): the register caps leave room for the blocks the benchmark shapes need.
-using Direct16 = Tiling<4, 4, 1, 32, 4, 1, 168>;  // N <= 16
-template <int TT>
-using Chained16 = Tiling<4, 4, 2, 8, 1, TT, 168>;  // N <= 16, TT sub-chunks in parallel too
+using Chained16x8 = Tiling<4, 4, 2, 8, 1, 8, 168>;  // N <= 16, few channels: 8 sub-chunks in parallel
 using Direct32 = Tiling<4, 8, 1, 32, 4, 1, 128>;    // N <= 32
 using Direct64 = Tiling<4, 16, 1, 32, 4, 1, 128>;   // N <= 64
 using Direct128 = Tiling<4, 32, 1, 32, 8, 1, 128>;  // N <= 128
 using Direct256 = Tiling<8, 32, 1, 32, 8, 1, 255>;  // N <= 256
+// The fused kernel for N <= 16 (FusedTiling<NS, R, Tl, WC, max registers>): 4 lanes per
+// channel, or 8 for fewer channels.
+using Fused16 = FusedTiling<4, 4, 32, 2, 128>;
+using Fused16r8 = FusedTiling<2, 8, 32, 2, 128>;
 
 inline bool aligned(const void* p, int64_t row_elements, int element_bytes, int width) {
   return reinterpret_cast<uintptr_t>(p) % width == 0 && (row_elements * element_bytes) % width == 0;
 }
 
-template <typename T, class K>
-cudaError_t launch_prefill(ScanArgs a, int64_t batch, cudaStream_t stream) {
-  a.bpg = (a.cpg + K::Dc - 1) / K::Dc;
-  constexpr int wu = pack_align<T, Roles<T, K>::VE>(), wb = pack_align<T, Roles<T, K>::VB>(), e = sizeof(T);
+// Launches a prefill kernel over blocks of Dc channels of one group, with VE-element runs
+// of u, delta, z, y and VB-element runs of B, C per thread.
+template <typename T, int VE, int VB, int Dc, int kThreads>
+cudaError_t launch_tiles(void (*kernel)(ScanArgs), ScanArgs a, int64_t batch, size_t smem, cudaStream_t stream) {
+  a.bpg = (a.cpg + Dc - 1) / Dc;
+  constexpr int wu = pack_align<T, VE>(), wb = pack_align<T, VB>(), e = sizeof(T);
   a.vec = (aligned(a.u, a.L, e, wu) ? kVecU : 0) | (aligned(a.delta, a.L, e, wu) ? kVecDelta : 0) |
           (a.z && aligned(a.z, a.L, e, wu) ? kVecZ : 0) | (aligned(a.y, a.L, e, wu) ? kVecY : 0) |
           (aligned(a.B, a.L, e, wb) ? kVecB : 0) | (aligned(a.C, a.L, e, wb) ? kVecC : 0);
   const int64_t blocks = batch * a.G * a.bpg;
-  const size_t smem = size_t(K::kSmemFloats) * sizeof(float);
-  auto kernel = scan_prefill<T, K>;
   if (smem > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
   }
-  kernel<<<unsigned(blocks), K::kThreads, smem, stream>>>(a);
+  kernel<<<unsigned(blocks), kThreads, smem, stream>>>(a);
   return cudaGetLastError();
+}
+
+template <typename T, class K>
+cudaError_t launch_prefill(ScanArgs a, int64_t batch, cudaStream_t stream) {
+  return launch_tiles<T, Roles<T, K>::VE, Roles<T, K>::VB, K::Dc, K::kThreads>(
+      scan_prefill<T, K>, a, batch, size_t(K::kSmemFloats) * sizeof(float), stream);
+}
+
+template <typename T, class K>
+cudaError_t launch_fused(ScanArgs a, int64_t batch, cudaStream_t stream) {
+  return launch_tiles<T, K::VE, K::VB, K::Dc, K::kThreads>(scan_fused<T, K>, a, batch,
+                                                            size_t(K::kSmemFloats) * sizeof(float), stream);
 }
 
 template <typename T, int NS>
@@ -68,9 +83,9 @@ cudaError_t launch_scan(const mamba_selective_scan_params& p, const Plan& plan, 
   switch (plan.kernel) {
     case Kernel::kDecode4: return launch_decode<T, 4>(a, plan.decode_lanes, p.batch * p.dim, stream);
     case Kernel::kDecode8: return launch_decode<T, 8>(a, plan.decode_lanes, p.batch * p.dim, stream);
-    case Kernel::kDirect16: return launch_prefill<T, Direct16>(a, p.batch, stream);
-    case Kernel::kChained16x4: return launch_prefill<T, Chained16<4>>(a, p.batch, stream);
-    case Kernel::kChained16x8: return launch_prefill<T, Chained16<8>>(a, p.batch, stream);
+    case Kernel::kChained16x8: return launch_prefill<T, Chained16x8>(a, p.batch, stream);
+    case Kernel::kFused16r8: return launch_fused<T, Fused16r8>(a, p.batch, stream);
+    case Kernel::kFused16: return launch_fused<T, Fused16>(a, p.batch, stream);
     case Kernel::kDirect32: return launch_prefill<T, Direct32>(a, p.batch, stream);
     case Kernel::kDirect64: return launch_prefill<T, Direct64>(a, p.batch, stream);
     case Kernel::kDirect128: return launch_prefill<T, Direct128>(a, p.batch, stream);

@@ -5,15 +5,15 @@
 
 namespace mamba_cuda {
 
-// The kernels, by tiling (scan_launch.cuh): the decode step; for dstate <= 16 the direct
-// prefill and the chained one with 4 or 8 sub-chunks per tile; one prefill tiling per
-// larger dstate bucket.
+// The kernels, by tiling (scan_launch.cuh): the decode step; for dstate <= 16 the chained
+// prefill (8 sub-chunks per tile, for few channels) and the fused one with 8 or 4 lanes per
+// channel; one prefill tiling per larger dstate bucket.
 enum class Kernel {
   kDecode4,
   kDecode8,
-  kDirect16,
-  kChained16x4,
   kChained16x8,
+  kFused16r8,
+  kFused16,
   kDirect32,
   kDirect64,
   kDirect128,
@@ -26,7 +26,7 @@ struct Plan {
 };
 
 // multiprocessors: of the device that runs the scan. The environment variable
-// MAMBA_KERNELS_SCAN_PLAN = direct, chained4 or chained8 forces the tiling of a prefill with
+// MAMBA_KERNELS_SCAN_PLAN = chained8, fused_r8 or fused forces the tiling of a prefill with
 // dstate <= 16 (for benchmarks, and for tests that reach every code path).
 Plan plan_scan(const mamba_selective_scan_params& p, int multiprocessors);
 

@@ -1,4 +1,5 @@
-// The prefill selective scan (seqlen != 1).
+// The prefill selective scan (seqlen != 1) for dstate > 16, and, in its chained form, for
+// dstate <= 16 with few channels (scan_fused.cuh covers dstate <= 16 otherwise).
 //
 // A thread owns NS states of one channel (thread state group sg holds states sg*NS ..
 // sg*NS+NS-1; R groups per channel). A block holds Dc channels of one group (they share B
@@ -90,13 +91,8 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
   float* sSum = sHl + kChainFloats;                // [Dc][Tt]: sum of dt over each sub-chunk
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int per_batch = a.G * a.bpg;
-  const int b = blockIdx.x / per_batch;
-  const int g = (blockIdx.x - b * per_batch) / a.bpg;
-  const int cb = blockIdx.x - b * per_batch - g * a.bpg;
-  const int d0 = g * a.cpg + cb * Dc;           // first channel of the block
-  const int cvalid = min(Dc, a.cpg - cb * Dc);  // its channels inside the group
-  const int L = int(a.L);                       // < 2^31 (mamba_selective_scan_cuda_check)
+  const auto [b, g, d0, cvalid] = block_channels(a, Dc);
+  const int L = int(a.L);  // < 2^31 (mamba_selective_scan_cuda_check)
   const int N = a.N;
   const int64_t row0 = int64_t(b) * a.dim + d0;  // row (b, d0) of u, delta, z, y and the states
 
@@ -219,19 +215,7 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
       for (int t = 0; t < TR; t += 4) {
         float s[8], acc[4] = {0.f, 0.f, 0.f, 0.f};
         load_shared<8>(s, dtp + 2 * t);  // dt, dt*u of steps t .. t+3
-#pragma unroll
-        for (int q = 0; q < NS; ++q) {
-          float bq[4], cq[4];
-          load_shared<4>(bq, Bp + q * R * SB + t);
-          load_shared<4>(cq, Cp + q * R * SB + t);
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            const float dA = ex2(s[2 * k] * A2[q]), dBu = s[2 * k + 1] * bq[k];
-            h[q] = fmaf(dA, h[q], dBu);
-            if constexpr (kAnchor) hl[q] = fmaf(dA, hl[q], dBu);
-            acc[k] = fmaf(cq[k], h[q], acc[k]);
-          }
-        }
+        scan4<NS, kAnchor>(s, A2, Bp + t, Cp + t, R * SB, h, hl, acc);
         store_shared<4>(yp + t, acc);
       }
       if constexpr (kAnchor) {

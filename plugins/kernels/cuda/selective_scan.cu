@@ -24,15 +24,15 @@ int pow2_at_least(int64_t x) {
   return p;
 }
 
-// The names MAMBA_KERNELS_SCAN_PLAN accepts, in the order of Kernel from kDirect16.
-constexpr const char* kPrefillNames[] = {"direct", "chained4", "chained8"};
+// The names MAMBA_KERNELS_SCAN_PLAN accepts, in the order of Kernel from kChained16x8.
+constexpr const char* kPrefillNames[] = {"chained8", "fused_r8", "fused"};
 
 bool forced_plan(Plan* plan) {
   const char* env = std::getenv("MAMBA_KERNELS_SCAN_PLAN");
   if (!env) return false;
   for (int i = 0; i < int(sizeof(kPrefillNames) / sizeof(*kPrefillNames)); ++i) {
     if (!std::strcmp(env, kPrefillNames[i])) {
-      plan->kernel = Kernel(int(Kernel::kDirect16) + i);
+      plan->kernel = Kernel(int(Kernel::kChained16x8) + i);
       return true;
     }
   }
@@ -42,7 +42,7 @@ bool forced_plan(Plan* plan) {
 }  // namespace
 
 Plan plan_scan(const mamba_selective_scan_params& p, int multiprocessors) {
-  Plan plan{Kernel::kDirect16, 1};
+  Plan plan{Kernel::kFused16, 1};
   if (p.seqlen == 1) {
     const int64_t groups4 = (p.dstate + 3) / 4;
     plan.kernel = groups4 <= 32 ? Kernel::kDecode4 : Kernel::kDecode8;
@@ -54,14 +54,14 @@ Plan plan_scan(const mamba_selective_scan_params& p, int multiprocessors) {
   if (p.dstate > 32) return {Kernel::kDirect64, 1};
   if (p.dstate > 16) return {Kernel::kDirect32, 1};
   if (forced_plan(&plan)) return plan;
-  // Direct once the channels give every SM ~6 warps; below that, sub-chunks in parallel
-  // too, more of them for fewer channels (thresholds measured on the H100: batch x dim of
-  // 1536 runs best with 8 sub-chunks, 5120 with 4, 12288 direct).
+  // The fused kernel; with fewer channels, 8 lanes per channel instead of 4, and below
+  // ~16 channels per SM the chained kernel, which also splits time (measured on the H100:
+  // batch x dim of 1536 runs best chained, 5120 fused with 8 lanes, 12288 and up fused).
   const int64_t channels = p.batch * p.dim;
   if (channels < 16 * multiprocessors) {
     plan.kernel = Kernel::kChained16x8;
   } else if (channels < 48 * multiprocessors) {
-    plan.kernel = Kernel::kChained16x4;
+    plan.kernel = Kernel::kFused16r8;
   }
   return plan;
 }
