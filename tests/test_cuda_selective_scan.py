@@ -77,8 +77,22 @@ def test_optional_inputs(present, softplus):
     assert_matches(inputs if softplus else positive_dt(inputs), softplus, torch.float32)
 
 
-def test_long_sequence_small_dt():
+# MAMBA_KERNELS_SCAN_PLAN values: the prefill tilings for dstate <= 16 (the shapes here are
+# small enough that by default they all take the first).
+TILINGS = ["chained8", "fused_r8", "fused"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("plan", TILINGS)
+def test_every_tiling(plan, dtype, monkeypatch):
+    monkeypatch.setenv("MAMBA_KERNELS_SCAN_PLAN", plan)
+    assert_matches(scan_inputs(2, 40, 300, 16, 2, dtype=dtype, seed=11), True, dtype)
+
+
+@pytest.mark.parametrize("plan", TILINGS)
+def test_long_sequence_small_dt(plan, monkeypatch):
     """Trained models have dt ~ 1e-3..1e-2: errors must not accumulate over long sequences."""
+    monkeypatch.setenv("MAMBA_KERNELS_SCAN_PLAN", plan)
     x = scan_inputs(1, 64, 4000, 16, seed=5)
     x["delta_bias"] = x["delta_bias"] - 4.0
     assert_matches(x, True, torch.float32)
