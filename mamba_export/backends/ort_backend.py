@@ -1,9 +1,11 @@
 """An exported model run by ONNX Runtime: `ort` (CPU) and `ort-cuda` (CUDA execution provider).
 
 Tensors are bound by pointer (IO binding) on the backend's device, so on CUDA the logits and
-the states stay on the GPU between calls. ORT runs on torch's current stream (the CUDA
-provider's ``user_compute_stream``) and does not synchronise at the end of a run: work is
-ordered by the stream, as for any torch operation.
+the states stay on the GPU between calls. ORT runs on a stream torch made for it (the CUDA
+provider's ``user_compute_stream``; torch's default stream has the null handle, which ORT
+would not take as one) and does not synchronise at the end of a run: each call orders that
+stream after the caller's current stream and the caller's stream after it, with events, so
+the results are used like those of any torch operation.
 """
 
 from __future__ import annotations
@@ -58,8 +60,10 @@ class OrtBackend:
                 raise MissingDependencyError(f"backend {name}: {reason}")
             if self.device.index is None:
                 self.device = torch.device("cuda", torch.cuda.current_device())
-            self._stream = torch.cuda.current_stream(self.device)
-            cuda = {"device_id": str(self.device.index), "user_compute_stream": str(self._stream.cuda_stream)}
+            self._stream = torch.cuda.Stream(self.device)
+            # HEURISTIC: cuDNN's exhaustive search (ORT's default) would rerun for every new prompt length.
+            cuda = {"device_id": str(self.device.index), "user_compute_stream": str(self._stream.cuda_stream),
+                    "cudnn_conv_algo_search": "HEURISTIC"}  # fmt: skip
             providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
@@ -104,7 +108,7 @@ class OrtBackend:
     def forward(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         inputs, outputs, binding = self._bind(input_ids, state)  # inputs: alive until the run is enqueued
         if self.device.type == "cuda" and torch.cuda.current_stream(self.device) != self._stream:
-            current = torch.cuda.current_stream(self.device)  # the caller switched streams: order both ways
+            current = torch.cuda.current_stream(self.device)
             self._stream.wait_stream(current)
             self.session.run_with_iobinding(binding, self._run_options)
             current.wait_stream(self._stream)
