@@ -26,7 +26,6 @@ from test_export import random_model, run
 CONFIG_A = Mamba2Config(d_model=32, n_layer=2, vocab_size=61, d_state=8, headdim=8, ngroups=2, dt_limit=(0.05, 0.5))
 CONFIG_B = Mamba2Config(d_model=32, n_layer=2, vocab_size=40, d_state=16, headdim=16, ngroups=1, d_conv=3,
                         gated_norm=False, tie_embeddings=False)
-CUSTOM_OP_PENDING = pytest.mark.xfail(strict=False, reason="SSDScan ORT kernel pending")
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +140,12 @@ def test_portable_float16_with_gate_in_the_scan_matches_eager(models, exports):
     assert_prefill_then_decode(portable_session(exports["B-fp16"]), eager, 2, 12, 3, 2e-2)
 
 
-@CUSTOM_OP_PENDING
 @pytest.mark.parametrize("batch, prompt, decode", [(1, 1, 3), (3, 9, 4), (2, 70, 2)])
 def test_custom_op_prefill_then_decode_matches_eager(models, exports, batch, prompt, decode):
     session = mamba_export.ort_session(exports["A-custom"])
     assert_prefill_then_decode(session, models["A"], batch, prompt, decode, 1e-5)
 
 
-@CUSTOM_OP_PENDING
 def test_custom_op_equals_portable(models, exports):
     custom = mamba_export.ort_session(exports["A-custom"])
     portable = onnxruntime.InferenceSession(str(exports["A-portable"]))
@@ -215,7 +212,6 @@ def test_portable_node_defaults_and_float16(softplus):
     assert y.dtype == torch.float16 and rel_err(y, y_ref) < 2e-3 and rel_err(state, state_ref) < 1e-5
 
 
-@CUSTOM_OP_PENDING
 @pytest.mark.parametrize("present", NODE_CASES)
 def test_custom_op_node_matches_naive_loop(present):
     inputs = ssd_inputs(2, 9, 4, 3, 5, 2, **{f"has_{k}": v for k, v in present.items()}, seed=3)
