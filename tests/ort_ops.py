@@ -137,14 +137,19 @@ def shapes_of(inputs):
     return {n: [f"{n}{i}" for i in range(t.dim())] for n, t in inputs.items() if t is not None}
 
 
+def python_in_child(code: str, env=None) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter with tests/ on sys.path, the environment plus `env`."""
+    script = f"import sys\nsys.path[:0] = {[os.path.dirname(__file__)]!r}\n" + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
 def survives_in_child(module: str, cases, op: str) -> subprocess.CompletedProcess:
     """Runs module.build_bad(module.BAD_INPUTS[case][0]) through module.run for each case in a
     child process, which must report each error (naming `op`) and print "survived"."""
-    script = textwrap.dedent("""
-        import sys
-        sys.path[:0] = {path!r}
+    return python_in_child(f"""
         import {module} as t
-        for case in {cases!r}:
+        for case in {list(cases)!r}:
             inputs, model = t.build_bad(t.BAD_INPUTS[case][0])
             try:
                 t.run(t.ort_session(model.SerializeToString()), inputs, poison=False)
@@ -153,5 +158,4 @@ def survives_in_child(module: str, cases, op: str) -> subprocess.CompletedProces
             else:
                 raise SystemExit(case + ": no error")
         print("survived")
-    """).format(path=[os.path.dirname(__file__)], module=module, cases=list(cases), op=op)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    """)

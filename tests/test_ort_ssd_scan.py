@@ -23,7 +23,8 @@ from mamba_export.ops import ssd_scan_reference  # noqa: E402
 
 from naive import ssd_scan_naive  # noqa: E402
 from ort_ops import (DTYPES, ELEMENT_TYPES, STATE_TOLERANCE, Y_TOLERANCE, attribute, drop, extra,  # noqa: E402
-                     flag_sets, node_model, replace, run_scan, session_for, shapes_of, survives_in_child)
+                     flag_sets, node_model, python_in_child, replace, run_scan, session_for, shapes_of,
+                     survives_in_child)
 from scan_inputs import rel_err, ssd_inputs  # noqa: E402
 
 OPTIONAL = ("D", "z", "dt_bias", "initial_state")
@@ -117,12 +118,14 @@ def _random_shapes(count, seed=0):
 
 
 # Named edge cases, then random ones: empty dimensions (L = 0 leaves final_state =
-# initial_state; N = 0 leaves y = D x gated), P that is not a multiple of the kernel's row
-# blocks (4) or exceeds its rows per task (64), N past its widened B/C tile (1024), L across
-# its blocks of 64 steps, decode with many heads, a Mamba-2-sized long sequence.
+# initial_state; N = 0 leaves y = D x gated), P that is not a multiple of the kernel's chunks
+# of rows (8, 16, 32) or exceeds its rows per task (64), states too large for its tile (N 300
+# with 64 rows, N 1030: several tiles over n, reloaded per block of 32 steps), L across those
+# blocks, decode with many heads, a Mamba-2-sized long sequence.
 SHAPES = [(1, 1, 1, 1, 1, 1), (3, 0, 3, 4, 8, 1), (0, 5, 2, 4, 8, 2), (2, 3, 2, 0, 8, 1), (2, 3, 2, 4, 0, 1),
-          (2, 3, 0, 4, 8, 1), (2, 65, 3, 17, 16, 1), (1, 7, 1, 130, 8, 1), (1, 2, 2, 5, 1030, 2),
-          (1, 130, 2, 8, 16, 1), (2, 1, 8, 64, 128, 2), (1, 300, 8, 64, 128, 4)] + _random_shapes(20)
+          (2, 3, 0, 4, 8, 1), (2, 65, 3, 17, 16, 1), (1, 7, 1, 130, 8, 1), (1, 40, 2, 5, 1030, 2),
+          (1, 70, 2, 64, 300, 1), (1, 130, 2, 8, 16, 1), (2, 1, 8, 64, 128, 2),
+          (1, 300, 8, 64, 128, 4)] + _random_shapes(20)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -192,6 +195,21 @@ def test_same_result_with_one_and_two_threads():
     ref_y, ref_state = ssd_scan_reference(**inputs, dt_softplus=True)
     assert rel_err(y2, ref_y) <= Y_TOLERANCE[torch.float32]
     assert rel_err(state2, ref_state) <= STATE_TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_narrower_instruction_set_variants(isa):
+    """The kernel's AVX2 and portable variants (MAMBA_EXPORT_CPU_ISA caps the CPU's pick, once
+    per process, hence a child) against the reference: decode, the state tile held for the
+    whole sequence, tiles over n, and each chunk width of rows (8, 16)."""
+    child = python_in_child("""
+        import torch, test_ort_ssd_scan as t
+        for shape in [(2, 1, 3, 64, 128, 1), (1, 70, 3, 64, 128, 1), (1, 40, 2, 5, 1030, 2), (2, 33, 2, 20, 16, 2)]:
+            for dtype in (torch.float32, torch.bfloat16):
+                t.check_against_reference(shape, dtype, frozenset(t.OPTIONAL), True, t.CLAMP)
+        print("matched")
+    """, {"MAMBA_EXPORT_CPU_ISA": isa})
+    assert child.returncode == 0 and "matched" in child.stdout, child.stderr[-2000:]
 
 
 def test_output_shapes_are_inferred():

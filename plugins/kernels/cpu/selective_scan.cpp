@@ -253,6 +253,8 @@ MAMBA_INLINE void scan_task(const Plan& plan, size_t index) {
 
 // The task body for dispatch.h.
 struct SelectiveScan {
+  static constexpr bool kAvx512 = false;  // its vectors are 8 channels wide
+
   template <typename T>
   static MAMBA_INLINE void run(const void* plan, size_t task) {
     const Plan& p = *static_cast<const Plan*>(plan);
