@@ -22,12 +22,13 @@ import pytest
 import torch
 
 import test_ort_selective_scan as single  # skips this module without onnxruntime or onnx
+import test_ort_ssd_scan as ssd
 from mamba_export import MambaExportError, MissingDependencyError, ort_session
 from mamba_export.backends.factory import backend_unavailable
 from mamba_export.backends.ort_backend import OrtBackend
 from mamba_export.backends.torch_backend import TorchBackend
 from mamba_export.export.onnx_export import export_onnx
-from mamba_export.models import Mamba1Config, Mamba1LMHeadModel
+from mamba_export.models import Mamba1Config, Mamba1LMHeadModel, Mamba2Config, build_model
 from mamba_export.native import custom_op_library, kernels_library
 from mamba_export.ops import selective_scan_reference
 from mamba_export.runtime import ort as runtime
@@ -197,17 +198,9 @@ def cuda_session(model_proto):
     return ort_session(model_proto.SerializeToString(), providers=[CUDA], session_options=options)
 
 
-@functools.lru_cache(maxsize=None)
-def gpu_session(dtype, present, delta_softplus, threads=0):
-    """test_ort_selective_scan.session's model on CUDA (its symbolic shapes serve every size)."""
-    example = scan_inputs(1, 1, 1, 1, dtype=dtype, **{f"has_{n}": n in present for n in single.OPTIONAL})
-    attributes = {"delta_softplus": int(delta_softplus), **{f"has_{n}": int(n in present) for n in single.OPTIONAL}}
-    return cuda_session(single.scan_model(example, attributes))
-
-
-def run_on_gpu(session, inputs: dict, poison: bool = True):
-    """test_ort_selective_scan.run on CUDA: y and final_state, back on the CPU. With poison the
-    outputs start as NaN, so that elements the kernel does not write show; without, ORT allocates them."""
+def run_scan_on_gpu(session, inputs: dict, y_like, state_shape):
+    """ort_ops.run_scan on CUDA: y and final_state, back on the CPU, NaN-poisoned so that
+    elements the kernel does not write show; state_shape None: ORT allocates the outputs."""
     binding = session.io_binding()
     device = torch.cuda.current_device()
 
@@ -217,13 +210,12 @@ def run_on_gpu(session, inputs: dict, poison: bool = True):
 
     kept = {name: on_gpu(t.contiguous()) for name, t in inputs.items() if t is not None}  # alive through the run
     bind(binding.bind_input, kept)
-    if not poison:
+    if state_shape is None:
         for name in ("y", "final_state"):
             binding.bind_output(name, "cuda", device)
         session.run_with_iobinding(binding)
         return None
-    u, A = inputs["u"], inputs["A"]
-    outputs = {"y": on_gpu(poisoned(u.shape, u.dtype)), "final_state": on_gpu(poisoned((*u.shape[:2], A.shape[1])))}
+    outputs = {"y": on_gpu(poisoned(y_like.shape, y_like.dtype)), "final_state": on_gpu(poisoned(state_shape))}
     bind(binding.bind_output, outputs)
     session.run_with_iobinding(binding)
     return outputs["y"].cpu(), outputs["final_state"].cpu()
@@ -231,10 +223,17 @@ def run_on_gpu(session, inputs: dict, poison: bool = True):
 
 @pytest.fixture
 def on_cuda_provider(monkeypatch):
-    """test_ort_selective_scan's checks (reference, tolerances, poisoned outputs) with its
-    session and run swapped for the CUDA ones above."""
-    monkeypatch.setattr(single, "session", gpu_session)
-    monkeypatch.setattr(single, "run", run_on_gpu)
+    """Runs an op's CPU test module (its reference checks, tolerances, poisoned outputs) on the
+    CUDA provider: its sessions built by cuda_session (and cached apart from the CPU ones), its
+    runs bound to CUDA tensors."""
+
+    def switch(module):
+        monkeypatch.setattr(module, "session_for", lambda model, threads=0: cuda_session(model))
+        monkeypatch.setattr(module, "session", functools.lru_cache(maxsize=None)(module.session.__wrapped__))
+        monkeypatch.setattr(module, "run_scan", run_scan_on_gpu)
+        return module
+
+    return switch
 
 
 @gpu
@@ -242,7 +241,7 @@ def on_cuda_provider(monkeypatch):
 @pytest.mark.parametrize("delta_softplus", [False, True])
 @pytest.mark.parametrize("present", single.FLAG_SETS, ids=lambda p: "+".join(sorted(p)) or "none")
 def test_gpu_every_optional_input_combination(present, delta_softplus, dtype, on_cuda_provider):
-    single.check_against_reference((2, 17, 4, 1, 7), dtype, present, delta_softplus)
+    on_cuda_provider(single).check_against_reference((2, 17, 4, 1, 7), dtype, present, delta_softplus)
 
 
 GPU_SHAPES = [s for s in single.SHAPES if s[2] <= 256]  # d_state past 256: the CUDA kernels' limit, below
@@ -253,13 +252,13 @@ GPU_SHAPES = [s for s in single.SHAPES if s[2] <= 256]  # d_state past 256: the 
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "b{}_d{}_n{}_g{}_l{}".format(*s))
 def test_gpu_shapes(shape, dtype, on_cuda_provider):
     present = frozenset(single.OPTIONAL) if sum(shape) % 2 else frozenset({"z", "delta_bias"})
-    single.check_against_reference(shape, dtype, present, delta_softplus=True, seed=sum(shape))
+    on_cuda_provider(single).check_against_reference(shape, dtype, present, delta_softplus=True, seed=sum(shape))
 
 
 @gpu
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (2, 3, 4, 1, 5), (1, 4, 3, 2, 9)])
 def test_gpu_matches_naive_float64(shape, on_cuda_provider):
-    single.test_matches_naive_float64(shape, frozenset(single.OPTIONAL))
+    on_cuda_provider(single).test_matches_naive_float64(shape, frozenset(single.OPTIONAL))
 
 
 @gpu
@@ -268,7 +267,7 @@ def test_gpu_kernel_limit_is_a_clear_error():
     model = single.scan_model(inputs, {f"has_{n}": 1 for n in single.OPTIONAL})
     with pytest.raises(Exception, match=re.escape("mamba.SelectiveScan: mamba_selective_scan (CUDA): dstate must be "
                                                   "<= 256 (a limit of the CUDA kernel")):  # fmt: skip
-        run_on_gpu(cuda_session(model), inputs)
+        run_scan_on_gpu(cuda_session(model), inputs, inputs["u"], (1, 4, 300))
 
 
 @gpu
@@ -277,7 +276,40 @@ def test_gpu_contract_violations_are_reported(case):
     mutation, message = single.BAD_INPUTS[case]
     inputs, model = single.build_bad(mutation)
     with pytest.raises(Exception, match=re.escape("mamba.SelectiveScan: " + message)):
-        run_on_gpu(cuda_session(model), inputs, poison=False)
+        run_scan_on_gpu(cuda_session(model), inputs, None, None)
+
+
+# SSDScan: the CPU module's checks on the CUDA provider (d_state up to the kernel's limit).
+SSD_GPU_SHAPES = [s for s in ssd.SHAPES if s[4] <= 256]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dt_softplus", [False, True])
+@pytest.mark.parametrize("present", ssd.FLAG_SETS, ids=lambda p: "+".join(sorted(p)) or "none")
+def test_gpu_ssd_every_optional_input_combination(present, dt_softplus, dtype, on_cuda_provider):
+    on_cuda_provider(ssd).check_against_reference((2, 70, 4, 8, 16, 2), dtype, present, dt_softplus, ssd.CLAMP)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SSD_GPU_SHAPES, ids=lambda s: "b{}_l{}_h{}_p{}_n{}_g{}".format(*s))
+def test_gpu_ssd_shapes(shape, dtype, on_cuda_provider):
+    on_cuda_provider(ssd).test_shapes(shape, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1, 1), (2, 5, 3, 4, 3, 1), (1, 9, 4, 2, 5, 2)])
+def test_gpu_ssd_matches_naive_float64(shape, on_cuda_provider):
+    on_cuda_provider(ssd).test_matches_naive_float64(shape, frozenset(ssd.OPTIONAL), ssd.CLAMP)
+
+
+@gpu
+def test_gpu_ssd_kernel_limit_is_a_clear_error():
+    inputs = ssd.make_inputs((1, 3, 2, 4, 300, 1), torch.float32, frozenset(ssd.OPTIONAL), True)
+    model = ssd.ssd_model(inputs, ssd.attributes_for(frozenset(ssd.OPTIONAL), True))
+    with pytest.raises(Exception, match=re.escape("mamba.SSDScan: ") + ".*a limit of the CUDA kernel"):
+        run_scan_on_gpu(cuda_session(model), inputs, inputs["x"], (1, 2, 4, 300))
 
 
 def cuda_backend(export_dir, tmp_path) -> OrtBackend:
@@ -307,3 +339,16 @@ def test_gpu_model_on_another_torch_stream(model, exports, tmp_path):
         with torch.cuda.stream(stream):
             errors = compare(backend, TorchBackend(model), batch=2, prompt_len=64, decode_steps=4, vocab_size=96)
         assert within_tolerances(errors, "float32"), errors
+
+
+@gpu
+def test_gpu_mamba2_model_matches_eager_with_every_node_on_cuda(tmp_path):
+    cfg = Mamba2Config(d_model=64, n_layer=2, vocab_size=96, d_state=16, headdim=16, ngroups=2, chunk_size=8)
+    torch.manual_seed(1)
+    model = build_model(cfg).eval()
+    backend = cuda_backend(export_onnx(model, tmp_path / "mamba2").parent, tmp_path)
+    errors = compare(backend, TorchBackend(model), batch=2, prompt_len=40, decode_steps=5, vocab_size=96)
+    assert within_tolerances(errors, "float32"), errors
+    placement = runtime.node_placement(backend.session.end_profiling())
+    assert [op for op, _ in placement.values()].count("SSDScan") == cfg.n_layer
+    assert runtime.off_provider(placement) == []

@@ -12,6 +12,7 @@ struct CudaProvider {
   static constexpr const char* kName = "CUDAExecutionProvider";
   // Inputs and outputs are device memory of the session's GPU; only their shapes are on the host.
   static void launch(const mamba_selective_scan_params& p, Ort::KernelContext& context);
+  static void launch(const mamba_ssd_scan_params& p, Ort::KernelContext& context);
 };
 
 }  // namespace mamba_ort

@@ -34,6 +34,7 @@ OrtCustomOpDomain* mamba_domain() {
     add_op<SSDScan, CpuProvider>(created);
 #ifdef MAMBA_ORT_WITH_CUDA
     add_op<SelectiveScan, CudaProvider>(created);
+    add_op<SSDScan, CudaProvider>(created);
 #endif
     return created.release();
   }();
