@@ -4,7 +4,7 @@
 #include <atomic>
 #include <cstdio>
 
-#include "selective_scan_plugin.h"
+#include "scan_plugin.h"
 
 #define MAMBA_TRT_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -26,9 +26,10 @@ void log_error(std::string const& message) noexcept {
 }  // namespace mamba_trt
 
 MAMBA_TRT_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
-  static mamba_trt::SelectiveScanPluginCreator selective_scan;
-  static nvinfer1::IPluginCreatorInterface* const creators[] = {&selective_scan};
-  nbCreators = 1;
+  static mamba_trt::ScanPluginCreator selective_scan(mamba_trt::selective_scan_op());
+  static mamba_trt::ScanPluginCreator ssd_scan(mamba_trt::ssd_scan_op());
+  static nvinfer1::IPluginCreatorInterface* const creators[] = {&selective_scan, &ssd_scan};
+  nbCreators = 2;
   return creators;
 }
 

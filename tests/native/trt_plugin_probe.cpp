@@ -72,7 +72,18 @@ class ExprBuilder : public IExprBuilder {
   ~ExprBuilder() noexcept override = default;
 };
 
-IPluginCreatorV3One* creator = nullptr;
+std::vector<IPluginCreatorV3One*> creators;
+IPluginCreatorV3One* creator = nullptr;  // the one probe_use chose
+
+IPluginCreatorV3One* find_creator(char const* name) {
+  for (IPluginCreatorV3One* c : creators) {
+    if (std::strcmp(c->getPluginName(), name) == 0 && std::strcmp(c->getPluginVersion(), "1") == 0 &&
+        std::strcmp(c->getPluginNamespace(), "") == 0) {
+      return c;
+    }
+  }
+  return nullptr;
+}
 
 IPluginV3OneBuild* build(void* plugin) {
   return static_cast<IPluginV3OneBuild*>(static_cast<IPluginV3*>(plugin)->getCapabilityInterface(PluginCapabilityType::kBUILD));
@@ -99,8 +110,8 @@ int copy_out(std::string const& text, char* out, int size) {
 
 extern "C" {
 
-// Loads the plugin library; writes "kind|name|version|namespace|field:type:length,..." and
-// returns the number of creators (-1 when an entry point is missing).
+// Loads the plugin library; writes one line "kind|name|version|namespace|field:type:length,..."
+// per creator and returns the number of creators (-1 when an entry point is missing).
 int probe_load(char const* path, char* info, int size) {
   void* library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (!library) return copy_out(dlerror(), info, size), -1;
@@ -109,33 +120,50 @@ int probe_load(char const* path, char* info, int size) {
   if (!set_finder || !get_creators) return copy_out("missing entry point", info, size), -1;
   set_finder(&finder);
   int32_t count = 0;
-  IPluginCreatorInterface* const* creators = get_creators(count);
-  if (count < 1) return count;
-  std::string text = creators[0]->getInterfaceInfo().kind;
-  creator = static_cast<IPluginCreatorV3One*>(creators[0]);
-  text += std::string("|") + creator->getPluginName() + "|" + creator->getPluginVersion() + "|" +
-          creator->getPluginNamespace() + "|";
-  PluginFieldCollection const* fields = creator->getFieldNames();
-  for (int i = 0; i < fields->nbFields; ++i) {
-    text += std::string(i ? "," : "") + fields->fields[i].name + ":" +
-            std::to_string(static_cast<int>(fields->fields[i].type)) + ":" + std::to_string(fields->fields[i].length);
+  IPluginCreatorInterface* const* found = get_creators(count);
+  std::string text;
+  for (int32_t c = 0; c < count; ++c) {
+    std::string const kind = found[c]->getInterfaceInfo().kind;
+    text += std::string(c ? "\n" : "") + kind;
+    if (kind != "PLUGIN CREATOR_V3ONE") continue;  // not an IPluginCreatorV3One: nothing more to ask
+    auto* v3 = static_cast<IPluginCreatorV3One*>(found[c]);
+    creators.push_back(v3);
+    text += std::string("|") + v3->getPluginName() + "|" +
+            v3->getPluginVersion() + "|" + v3->getPluginNamespace() + "|";
+    PluginFieldCollection const* fields = v3->getFieldNames();
+    for (int i = 0; i < fields->nbFields; ++i) {
+      text += std::string(i ? "," : "") + fields->fields[i].name + ":" +
+              std::to_string(static_cast<int>(fields->fields[i].type)) + ":" + std::to_string(fields->fields[i].length);
+    }
   }
   copy_out(text, info, size);
   return count;
 }
 
+// Makes the creator of plugin `name` the one probe_create uses, as TensorRT's registry looks
+// it up (name, version "1", namespace ""); 0 when found.
+int probe_use(char const* name) {
+  creator = find_creator(name);
+  return creator ? 0 : -1;
+}
+
 char const* probe_last_error() { return last_error.c_str(); }
 
-// Creates a plugin from fields given as values of PluginFieldType `types` (kINT32, kINT64 or
-// anything else, sent as one int32); phase 0 = build, 1 = runtime.
-void* probe_create(char const* name, int nb_fields, char const* const* names, int64_t const* values, int const* types,
+// Creates a plugin from fields given as values of PluginFieldType `types`: kINT32, kINT64,
+// kFLOAT32, kFLOAT64, anything else sent as one int32; phase 0 = build, 1 = runtime.
+void* probe_create(char const* name, int nb_fields, char const* const* names, double const* values, int const* types,
                    int phase) {
   last_error.clear();
-  std::vector<int32_t> narrow(values, values + nb_fields);
+  std::vector<int32_t> int32s(values, values + nb_fields);
+  std::vector<int64_t> int64s(values, values + nb_fields);
+  std::vector<float> floats(values, values + nb_fields);
   std::vector<PluginField> fields;
   for (int i = 0; i < nb_fields; ++i) {
     auto type = static_cast<PluginFieldType>(types[i]);
-    void const* data = type == PluginFieldType::kINT64 ? static_cast<void const*>(&values[i]) : &narrow[i];
+    void const* data = type == PluginFieldType::kINT64     ? static_cast<void const*>(&int64s[i])
+                       : type == PluginFieldType::kFLOAT32 ? static_cast<void const*>(&floats[i])
+                       : type == PluginFieldType::kFLOAT64 ? static_cast<void const*>(&values[i])
+                                                           : static_cast<void const*>(&int32s[i]);
     fields.emplace_back(names[i], data, type, 1);
   }
   PluginFieldCollection collection{nb_fields, fields.data()};
@@ -152,22 +180,32 @@ int probe_capabilities(void* plugin) {
          (p->getCapabilityInterface(PluginCapabilityType::kRUNTIME) ? 4 : 0);
 }
 
-// "name=value,..." of getFieldsToSerialize (-1 when a field is not one kINT32).
+// "name:type=value,..." of getFieldsToSerialize: a kINT32 in decimal, a kFLOAT32 as a C99
+// hexadecimal float (exact), "?" for anything that is not one value of these types.
 int probe_serialized(void* plugin, char* out, int size) {
   PluginFieldCollection const* fields = runtime(plugin)->getFieldsToSerialize();
   std::string text;
   for (int i = 0; i < fields->nbFields; ++i) {
     PluginField const& f = fields->fields[i];
-    bool const int32 = f.type == PluginFieldType::kINT32 && f.length == 1;
-    text += std::string(i ? "," : "") + f.name + "=" +
-            std::to_string(int32 ? *static_cast<int32_t const*>(f.data) : -1);
+    char value[64] = "?";
+    if (f.length == 1 && f.type == PluginFieldType::kINT32) {
+      std::snprintf(value, sizeof value, "%d", *static_cast<int32_t const*>(f.data));
+    } else if (f.length == 1 && f.type == PluginFieldType::kFLOAT32) {
+      std::snprintf(value, sizeof value, "%a", static_cast<double>(*static_cast<float const*>(f.data)));
+    }
+    text += std::string(i ? "," : "") + f.name + ":" + std::to_string(static_cast<int>(f.type)) + "=" + value;
   }
   return copy_out(text, out, size);
 }
 
-// The plugin TensorRT would deserialize: createPlugin(kRUNTIME) from the serialized fields.
+// The plugin TensorRT would deserialize: the creator registered under the plugin's name,
+// createPlugin(kRUNTIME) from the serialized fields.
 void* probe_deserialize(void* plugin) {
-  return creator->createPlugin("deserialized", runtime(plugin)->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
+  auto* core = static_cast<IPluginV3OneCore*>(static_cast<IPluginV3*>(plugin)->getCapabilityInterface(PluginCapabilityType::kCORE));
+  IPluginCreatorV3One* registered = find_creator(core->getPluginName());
+  return registered ? registered->createPlugin("deserialized", runtime(plugin)->getFieldsToSerialize(),
+                                               TensorRTPhase::kRUNTIME)
+                    : nullptr;
 }
 
 int probe_timing_cache_id(void* plugin, char* out, int size) {
@@ -230,6 +268,19 @@ int probe_configure(void* plugin, int nb_inputs, int const* ranks, int64_t const
     in[i].min = in[i].opt = in[i].max = make_dims(ranks[i], max_dims + flat);
   }
   return build(plugin)->configurePlugin(in.data(), nb_inputs, out.data(), 2);
+}
+
+// getWorkspaceSize for a profile from min_dims to max_dims.
+size_t probe_workspace(void* plugin, int nb_inputs, int const* ranks, int64_t const* min_dims, int64_t const* max_dims,
+                       int const* types) {
+  std::vector<DynamicPluginTensorDesc> in(nb_inputs), out(2);
+  for (int i = 0, flat = 0; i < nb_inputs; flat += ranks[i], ++i) {
+    in[i].min = make_dims(ranks[i], min_dims + flat);
+    in[i].opt = in[i].max = in[i].desc.dims = make_dims(ranks[i], max_dims + flat);
+    in[i].desc.type = static_cast<DataType>(types[i]);
+    in[i].desc.format = TensorFormat::kLINEAR;
+  }
+  return build(plugin)->getWorkspaceSize(in.data(), nb_inputs, out.data(), 2);
 }
 
 // onShapeChange with concrete dimensions.
