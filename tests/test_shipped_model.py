@@ -1,4 +1,5 @@
-"""The shipped checkpoint models/mamba1-pystdlib: loads, tokenizes bytes, is trained, decodes consistently."""
+"""The shipped checkpoints models/mamba1-pystdlib and models/mamba2-pystdlib: load (ours and
+transformers'), match their model cards, tokenize bytes, are trained, decode consistently."""
 
 import json
 import math
@@ -12,30 +13,82 @@ import torch.nn.functional as F
 
 from mamba_export import load
 
-MODEL = Path(__file__).resolve().parents[1] / "models" / "mamba1-pystdlib"
-LOG = json.loads((MODEL / "training_log.json").read_text())
+MODELS = Path(__file__).resolve().parents[1] / "models"
+# Checkpoint -> its Hugging Face model_type and class.
+SHIPPED = {"mamba1-pystdlib": ("mamba", "MambaForCausalLM"), "mamba2-pystdlib": ("mamba2", "Mamba2ForCausalLM")}
+
+
+@pytest.fixture(scope="module", params=SHIPPED)
+def name(request):
+    return request.param
+
+
+def read_json(name: str, file: str) -> dict:
+    return json.loads((MODELS / name / file).read_text())
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load(MODEL)
+def model(name):
+    return load(MODELS / name)
 
 
-def test_checkpoint_is_hf_mamba_layout(model):
-    config = json.loads((MODEL / "config.json").read_text())
-    assert config["model_type"] == "mamba" and config["architectures"] == ["MambaForCausalLM"]
+def held_out_slice(name: str, length: int) -> torch.Tensor:
+    """[1, length] bytes from the middle of the last validation file (never trained on)."""
+    path = Path(sysconfig.get_paths()["stdlib"]) / read_json(name, "training_log.json")["corpus"]["val"]["names"][-1]
+    if not path.is_file():
+        pytest.skip(f"{path} is not on this machine")
+    data = path.read_bytes()
+    middle = len(data) // 2
+    return torch.tensor([list(data[middle : middle + length])])
+
+
+def test_checkpoint_is_hf_layout(name, model):
+    config = read_json(name, "config.json")
+    model_type, hf_class = SHIPPED[name]
+    assert config["model_type"] == model_type and config["architectures"] == [hf_class]
     assert config["vocab_size"] == 256
-    assert (MODEL / "model.safetensors").stat().st_size < 8 * 2**20
-    assert sum(p.numel() for p in model.parameters()) == LOG["parameters"]
+    assert (MODELS / name / "model.safetensors").stat().st_size < 8 * 2**20
+    assert sum(p.numel() for p in model.parameters()) == read_json(name, "training_log.json")["parameters"]
 
 
-def test_config_is_what_the_model_card_says():
-    config = json.loads((MODEL / "config.json").read_text())
-    card = (MODEL / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", card, flags=re.M))
-    assert {"hidden_size", "num_hidden_layers", "state_size", "vocab_size"} <= rows.keys()
+def test_transformers_loads_it_with_the_same_logits(name, model):
+    transformers = pytest.importorskip("transformers")
+    hf = getattr(transformers, SHIPPED[name][1]).from_pretrained(MODELS / name).eval()
+    ids = held_out_slice(name, 200)
+    with torch.no_grad():
+        ours, _ = model(ids)
+        theirs = hf(ids).logits
+    assert (ours - theirs).abs().max() < 1e-4 * theirs.abs().max()
+
+
+def card_table(name: str, first_header: str) -> list[list[str]]:
+    """The body rows of the model card's markdown table whose header starts with ``| first_header |``."""
+    lines = (MODELS / name / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_config_is_what_the_model_card_says(name):
+    config = read_json(name, "config.json")
+    rows = {re.fullmatch(r"`(\w+)`", key).group(1): value for key, value in card_table(name, "field")}
+    # Every field but the names and the ones transformers fixes for Mamba (silu, the epsilon).
+    assert rows.keys() == config.keys() - {"architectures", "model_type", "hidden_act", "layer_norm_epsilon"}
     for key, value in rows.items():
         assert json.loads(value) == config[key], key
+
+
+def test_loss_table_is_the_training_log(name):
+    curve = {p["step"]: p for p in read_json(name, "training_log.json")["curve"]}
+    rows = card_table(name, "step")
+    assert rows and int(rows[-1][0]) == max(curve)  # the table ends with the final model
+    for row in rows:
+        point = curve[int(row[0])]
+        assert float(row[5]) == round(point["val_bits_per_byte"], 3), row
 
 
 TEXTS = [
@@ -45,20 +98,24 @@ TEXTS = [
 ]
 
 
+def test_both_checkpoints_share_one_tokenizer_file():
+    assert len({(MODELS / name / "tokenizer.json").read_bytes() for name in SHIPPED}) == 1
+
+
 @pytest.mark.parametrize("text", TEXTS)
-def test_tokenizer_ids_are_utf8_bytes(text):
+def test_tokenizer_ids_are_utf8_bytes(name, text):
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(MODELS / name / "tokenizer.json"))
     ids = tokenizer.encode(text).ids
     assert ids == list(text.encode("utf-8"))
     assert tokenizer.decode(ids) == text
 
 
-def test_tokenizer_maps_every_utf8_byte_to_its_value():
+def test_tokenizer_maps_every_utf8_byte_to_its_value(name):
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(MODELS / name / "tokenizer.json"))
     assert tokenizer.get_vocab_size() == 256
     # Every code point below U+0800, one per 3-byte lead byte (avoiding surrogates), one per
     # 4-byte lead byte: together their UTF-8 holds every byte value UTF-8 can contain.
@@ -71,19 +128,13 @@ def test_tokenizer_maps_every_utf8_byte_to_its_value():
     assert tokenizer.decode(ids) == text
 
 
-def test_held_out_stdlib_file_is_predicted_far_better_than_chance(model):
-    """A slice of a validation file (never trained on): the loss stays near the logged final value."""
-    name = LOG["corpus"]["val"]["names"][-1]
-    path = Path(sysconfig.get_paths()["stdlib"]) / name
-    if not path.is_file():
-        pytest.skip(f"{path} is not on this machine")
-    data = path.read_bytes()
-    middle = len(data) // 2
-    ids = torch.tensor([list(data[middle : middle + 1025])])
+def test_held_out_stdlib_file_is_predicted_far_better_than_chance(name, model):
+    """A slice of a validation file: the loss stays near the logged final value."""
+    ids = held_out_slice(name, 1025)
     with torch.no_grad():
         logits, _ = model(ids[:, :-1])
     loss = F.cross_entropy(logits[0], ids[0, 1:]).item()
-    final_val = LOG["curve"][-1]["val_loss"]
+    final_val = read_json(name, "training_log.json")["curve"][-1]["val_loss"]
     assert loss < 1.3 * final_val + 0.1, (loss, final_val)
     assert loss < 0.5 * math.log(256)  # an untrained model scores about log(256)
 
