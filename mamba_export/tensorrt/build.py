@@ -1,4 +1,5 @@
-"""Building a TensorRT engine from an ONNX export, with the SelectiveScan plugin inside.
+"""Building a TensorRT engine from an ONNX export, with the scan plugin (SelectiveScan for
+Mamba-1, SSDScan for Mamba-2) inside.
 
 The network is strongly typed: every tensor keeps the type the ONNX graph gives it, so the
 precision is the export's (export in float16 / bfloat16 for a half-precision engine). Next
@@ -18,7 +19,7 @@ from typing import Callable
 from .. import console
 from ..errors import MambaExportError
 from ..loading import resolve_dtype
-from .compat import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, describe, import_tensorrt, load_plugin, make_logger
+from .compat import PLUGIN_NAMESPACE, PLUGIN_VERSION, describe, import_tensorrt, load_plugin, make_logger, scan_op
 from .profiles import Profiles, input_shapes
 
 
@@ -75,7 +76,7 @@ def _checked_export(onnx_path: Path, dtype) -> dict:
     if info.get("portable"):
         raise MambaExportError(
             f"{onnx_path} is a portable export (the scan as a Scan loop); export without --portable so that "
-            "each scan is one mamba.SelectiveScan node for the plugin"
+            f"each scan is one mamba.{scan_op(info)} node for the plugin"
         )
     want = resolve_dtype(dtype)
     if want is not None and str(want).removeprefix("torch.") != info["dtype"]:
@@ -96,10 +97,10 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(f.name, path)
 
 
-def parse_network(trt, logger, onnx_path: Path, scans: int):
+def parse_network(trt, logger, onnx_path: Path, scans: int, op: str):
     """(builder, network, parser, plugin layers): the ONNX file parsed into a strongly typed
-    network, checking that each of the ``scans`` mamba.SelectiveScan nodes became a plugin
-    layer. The parser owns the network's weights: keep it alive until the engine is built."""
+    network, checking that each of the ``scans`` mamba.``op`` nodes became a plugin layer.
+    The parser owns the network's weights: keep it alive until the engine is built."""
     builder = trt.Builder(logger)
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
@@ -114,13 +115,12 @@ def parse_network(trt, logger, onnx_path: Path, scans: int):
             where = f"node '{name}' ({error.node_operator()})" if name else f"node #{error.node()}"
             problems.append(f"{where if error.node() >= 0 else 'the model'}: {error.desc()}")
         # The plugin's own explanation (logged through TensorRT's logger) says more than the parser's.
-        problems += [message for message in getattr(logger, "errors", []) if message.startswith("mamba.SelectiveScan")]
+        problems += [message for message in getattr(logger, "errors", []) if message.startswith(f"mamba.{op} ")]
         raise MambaExportError(f"TensorRT's ONNX parser rejected {onnx_path}: " + "; ".join(problems or ["no details"]))
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     plugin_layers = [layer for layer in layers if layer.type == trt.LayerType.PLUGIN_V3]
     if len(plugin_layers) != scans:
-        raise MambaExportError(f"the parsed network has {len(plugin_layers)} plugin layers for {scans} "
-                               "mamba.SelectiveScan nodes")  # fmt: skip
+        raise MambaExportError(f"the parsed network has {len(plugin_layers)} plugin layers for {scans} mamba.{op} nodes")
     return builder, network, parser, plugin_layers
 
 
@@ -208,8 +208,9 @@ def build_engine(
     logger = make_logger(trt, verbose)
     started = time.perf_counter()
     log(f"Parsing {onnx_path} ({describe(trt)['product']} {trt.__version__}, plugin {library})")
-    # The export has one mamba.SelectiveScan node per layer (docs/export.md).
-    builder, network, parser, _ = parse_network(trt, logger, onnx_path, info["config"]["n_layer"])
+    # The export has one scan node per layer (docs/export.md).
+    op = scan_op(info)
+    builder, network, parser, _ = parse_network(trt, logger, onnx_path, info["config"]["n_layer"], op)
 
     config = builder.create_builder_config()
     if workspace is not None:
@@ -249,7 +250,7 @@ def build_engine(
         "export": info,
         "profiles": recorded,
         "tensorrt": describe(trt),
-        "plugin": {"name": PLUGIN_NAME, "version": PLUGIN_VERSION, "namespace": PLUGIN_NAMESPACE},
+        "plugin": {"name": op, "version": PLUGIN_VERSION, "namespace": PLUGIN_NAMESPACE},
         "build_seconds": round(time.perf_counter() - started, 1),
     }
     _write_atomically(sidecar_path(plan_path), (json.dumps(sidecar, indent=2) + "\n").encode())

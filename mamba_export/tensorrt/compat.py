@@ -24,8 +24,18 @@ INSTALL_HINT = (
     "(tensorrt-rtx-cu13-bindings + tensorrt-rtx-cu13-libs); see docs/tensorrt.md"
 )
 
-# The plugin's identity: the ONNX parser looks it up by the node's op type (docs/tensorrt.md).
-PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE = "SelectiveScan", "1", ""
+# The plugins' identities: the ONNX parser looks each up by the node's op type (docs/tensorrt.md),
+# so a plugin is named after the scan op of its architecture's exports.
+SCAN_OPS = {"mamba1": "SelectiveScan", "mamba2": "SSDScan"}
+PLUGIN_VERSION, PLUGIN_NAMESPACE = "1", ""
+
+
+def scan_op(export_info: dict) -> str:
+    """The op type (and plugin name) of the scan nodes of an export, from its export.json."""
+    architecture = export_info["config"].get("architecture")
+    if architecture not in SCAN_OPS:
+        raise MambaExportError(f"no TensorRT plugin for architecture {architecture!r}; known: {', '.join(SCAN_OPS)}")
+    return SCAN_OPS[architecture]
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -83,7 +93,7 @@ _loaded_libraries: dict[str, object] = {}
 
 def load_plugin(trt) -> str:
     """Loads libmamba_trt.so into TensorRT's plugin registry (once per process), checks that
-    the SelectiveScan creator is registered, and returns the library's path.
+    the creators of every scan op are registered, and returns the library's path.
 
     The builder, the ONNX parser and the runtime all use this process-wide registry."""
     path = tensorrt_plugin_library()
@@ -93,32 +103,46 @@ def load_plugin(trt) -> str:
         if handle is None:
             raise MambaExportError(f"TensorRT could not load the plugin library {path} (see its messages above)")
         _loaded_libraries[path] = handle
-    if registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
+    missing = [name for name in SCAN_OPS.values() if registry.get_creator(name, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None]
+    if missing:
         raise MambaExportError(
-            f"TensorRT loaded {path} but has no plugin creator {PLUGIN_NAME} version {PLUGIN_VERSION}; "
+            f"TensorRT loaded {path} but has no plugin creator {' or '.join(missing)} version {PLUGIN_VERSION}; "
             "rebuild the library with `make native`"
         )
     return path
 
 
+_loggers: dict[str, object] = {}
+
+
 def make_logger(trt, verbose: bool = False):
-    """A TensorRT logger that prints warnings and errors (everything when ``verbose``) on
-    stderr and keeps the errors, so that a failure can name them."""
+    """TensorRT's logger, which prints warnings and errors (everything when ``verbose``) on
+    stderr and keeps the errors since this call, so that a failure can name them.
 
-    class Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
+    TensorRT keeps the first logger a builder or runtime of the process was given and ignores
+    later ones (with a warning), also for the plugins' messages; so there is one logger per
+    TensorRT module, never freed, and each call hands it out afresh."""
+    logger = _loggers.get(trt.__name__)
+    if logger is None:
 
-        def log(self, severity, msg):
-            level = int(severity)
-            if level <= int(trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-                print(f"[TensorRT] error: {msg}", file=sys.stderr, flush=True)  # also when --quiet
-            elif level == int(trt.ILogger.Severity.WARNING) or verbose:
-                console.info(f"[TensorRT] {msg}")
+        class Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+                self.verbose = False
 
-        def explain(self) -> str:
-            return f": {self.errors[-1]}" if self.errors else " (see TensorRT's messages above)"
+            def log(self, severity, msg):
+                level = int(severity)
+                if level <= int(trt.ILogger.Severity.ERROR):
+                    self.errors.append(msg)
+                    print(f"[TensorRT] error: {msg}", file=sys.stderr, flush=True)  # also when --quiet
+                elif level == int(trt.ILogger.Severity.WARNING) or self.verbose:
+                    console.info(f"[TensorRT] {msg}")
 
-    return Logger()
+            def explain(self) -> str:
+                return f": {self.errors[-1]}" if self.errors else " (see TensorRT's messages above)"
+
+        logger = _loggers[trt.__name__] = Logger()
+    logger.verbose = verbose
+    logger.errors.clear()
+    return logger
