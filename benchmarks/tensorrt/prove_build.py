@@ -1,8 +1,9 @@
 """Proof, on a GPU machine, that TensorRT builds our exported models with the plugin inside.
 
-For the shipped model (models/mamba1-pystdlib, else a small random model) and a
-mamba-130m-sized random model, in float32 and float16: export to ONNX, load libmamba_trt.so
-into TensorRT's plugin registry, check the creator, parse (every mamba.SelectiveScan node must
+For the shipped model (models/mamba1-pystdlib, else a small random model), a mamba-130m-sized
+random model, a tiny random Mamba-2 and a mamba2-130m-sized random one, in float32 and float16:
+export to ONNX, load libmamba_trt.so into TensorRT's plugin registry, check both creators
+(SelectiveScan, SSDScan), parse (every scan node, mamba.SelectiveScan or mamba.SSDScan, must
 become an IPluginV3 layer whose outputs have the contract's types), build with the prefill and
 decode profiles through mamba_export.build_engine, deserialize, and, where the runtime runs
 the engine, validate it against eager PyTorch.
@@ -39,10 +40,10 @@ from mamba_export import load  # noqa: E402
 from mamba_export.backends.torch_backend import TorchBackend  # noqa: E402
 from mamba_export.bench import random_model  # noqa: E402
 from mamba_export.export.onnx_export import export_onnx  # noqa: E402
-from mamba_export.models import Mamba1Config, Mamba1LMHeadModel  # noqa: E402
+from mamba_export.models import Mamba1Config, Mamba2Config, build_model  # noqa: E402
 from mamba_export.tensorrt import Profiles, ShapeRange, build_engine, import_tensorrt, load_plugin  # noqa: E402
 from mamba_export.tensorrt.build import parse_network, sidecar_path  # noqa: E402
-from mamba_export.tensorrt.compat import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, describe, make_logger  # noqa: E402
+from mamba_export.tensorrt.compat import PLUGIN_NAMESPACE, PLUGIN_VERSION, SCAN_OPS, describe, make_logger  # noqa: E402
 from mamba_export.validate import TOLERANCES, compare  # noqa: E402
 
 SHIPPED = ROOT / "models" / "mamba1-pystdlib"
@@ -77,40 +78,57 @@ class Record:
         return any(s["step"] == name and s["status"] == "ok" for s in self.steps)
 
 
-def small_random_model() -> Mamba1LMHeadModel:
+def random(cfg, source: str):
+    """float32, CPU, the model's own initialisation: real shapes, meaningless weights."""
     torch.manual_seed(0)
-    model = Mamba1LMHeadModel(Mamba1Config(d_model=64, n_layer=2, vocab_size=256)).eval()
-    model.source = "small model (random weights)"
+    model = build_model(cfg).eval()
+    model.source = f"{source} (random weights)"
     return model
 
 
+# mamba2-130m's shapes: 24 heads of 64 (expand 2), d_state 128, one group, the GPT-NeoX
+# vocabulary padded to a multiple of 16; the time-step clamp of the released checkpoints is open.
+MAMBA2_130M = Mamba2Config(d_model=768, n_layer=24, vocab_size=50288, d_state=128, headdim=64, expand=2, ngroups=1)
+MAMBA2_TINY = Mamba2Config(d_model=64, n_layer=2, vocab_size=256, d_state=16, headdim=16, ngroups=2,
+                           dt_limit=(0.001, 0.1))  # fmt: skip
+
+
 def models() -> dict:
-    first = ("mamba1-pystdlib", lambda: load(SHIPPED)) if SHIPPED.is_dir() else ("small-random", small_random_model)
-    return dict([first, ("mamba-130m-random", lambda: random_model("mamba-130m"))])
+    first = ("mamba1-pystdlib", lambda: load(SHIPPED)) if SHIPPED.is_dir() else \
+        ("small-random", lambda: random(Mamba1Config(d_model=64, n_layer=2, vocab_size=256), "small model"))  # fmt: skip
+    return dict([
+        first,
+        ("mamba-130m-random", lambda: random_model("mamba-130m")),
+        ("mamba2-tiny-random", lambda: random(MAMBA2_TINY, "tiny Mamba-2")),
+        ("mamba2-130m-random", lambda: random(MAMBA2_130M, "mamba2-130m")),
+    ])  # fmt: skip
 
 
-def check_creator(trt) -> str:
-    creator = trt.get_plugin_registry().get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)
-    if creator is None:
-        raise RuntimeError("no creator SelectiveScan/1 in the registry")
-    name = getattr(creator, "name", "?")
-    version = getattr(creator, "plugin_version", "?")
-    namespace = getattr(creator, "plugin_namespace", "?")
-    fields = getattr(creator, "field_names", None)
-    field_names = [f.name for f in fields] if fields is not None else "?"
-    if (name, version, namespace) != (PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE):
-        raise RuntimeError(f"creator says name={name!r} version={version!r} namespace={namespace!r}")
-    return f"name={name!r} version={version!r} namespace={namespace!r} fields={field_names}"
+def check_creators(trt) -> str:
+    found = []
+    for plugin in SCAN_OPS.values():
+        creator = trt.get_plugin_registry().get_creator(plugin, PLUGIN_VERSION, PLUGIN_NAMESPACE)
+        if creator is None:
+            raise RuntimeError(f"no creator {plugin}/{PLUGIN_VERSION} in the registry")
+        name = getattr(creator, "name", "?")
+        version = getattr(creator, "plugin_version", "?")
+        namespace = getattr(creator, "plugin_namespace", "?")
+        fields = getattr(creator, "field_names", None)
+        field_names = [f.name for f in fields] if fields is not None else "?"
+        if (name, version, namespace) != (plugin, PLUGIN_VERSION, PLUGIN_NAMESPACE):
+            raise RuntimeError(f"creator says name={name!r} version={version!r} namespace={namespace!r}")
+        found.append(f"name={name!r} version={version!r} namespace={namespace!r} fields={field_names}")
+    return "; ".join(found)
 
 
-def inspect_parse(trt, onnx_path: Path, dtype: torch.dtype) -> str:
-    """Parses the export; every SelectiveScan node is a plugin layer with y: T, final_state: f32."""
+def inspect_parse(trt, onnx_path: Path, dtype: torch.dtype, op: str) -> str:
+    """Parses the export; every ``op`` node is a plugin layer with y: T, final_state: f32."""
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    nodes = [n for n in graph.node if n.op_type == "SelectiveScan"]
+    nodes = [n for n in graph.node if n.op_type == op]
     logger = make_logger(trt)
-    _, network, _, layers = parse_network(trt, logger, onnx_path, len(nodes))
+    _, network, _, layers = parse_network(trt, logger, onnx_path, len(nodes), op)
     want = {torch.float32: trt.float32, torch.float16: trt.float16, torch.bfloat16: trt.bfloat16}[dtype]
     for layer, node in zip(layers, nodes):
         if layer.num_inputs != len(node.input) or layer.num_outputs != 2:
@@ -119,9 +137,10 @@ def inspect_parse(trt, onnx_path: Path, dtype: torch.dtype) -> str:
         types = (layer.get_output(0).dtype, layer.get_output(1).dtype)
         if types != (want, trt.float32):
             raise RuntimeError(f"{layer.name}: output types {types}, expected ({want}, float32)")
-    return (f"{network.num_layers} layers; {len(nodes)} SelectiveScan nodes -> {len(layers)} IPluginV3 layers "
+    shapes = f"{tuple(layers[0].get_output(0).shape)}, {tuple(layers[0].get_output(1).shape)}" if layers else ""
+    return (f"{network.num_layers} layers; {len(nodes)} {op} nodes -> {len(layers)} IPluginV3 layers "
             f"({', '.join(layer.name for layer in layers[:2])}{', ...' if len(layers) > 2 else ''}), "
-            f"outputs ({want.name}, FLOAT)")  # fmt: skip
+            f"outputs ({want.name}, FLOAT) {shapes}")  # fmt: skip
 
 
 def rtx_target(trt, name: str):
@@ -145,7 +164,7 @@ def prove_model(rec: Record, trt, tag: str, make_model, dtype: str, work: Path, 
     if not rec.ok(f"{name}: export ONNX"):
         return
     with rec.step(f"{name}: parse (plugin layers)") as s:
-        s["detail"] = inspect_parse(trt, export_dir / "model.onnx", torch_dtype)
+        s["detail"] = inspect_parse(trt, export_dir / "model.onnx", torch_dtype, SCAN_OPS[model.config.architecture])
 
     cache = out / "timing.cache"
     built = f"{name}: build + serialize (build_engine)"
@@ -215,10 +234,10 @@ def main() -> int:
     if trt is not None:
         with rec.step("load libmamba_trt.so into the plugin registry") as s:
             s["detail"] = load_plugin(trt)
-        with rec.step("creator registered") as s:
-            s["detail"] = check_creator(trt)
+        with rec.step("creators registered") as s:
+            s["detail"] = check_creators(trt)
     chosen = models() if args.models == "all" else {k: v for k, v in models().items() if k in args.models.split(",")}
-    if trt is not None and rec.ok("creator registered"):
+    if trt is not None and rec.ok("creators registered"):
         with tempfile.TemporaryDirectory(prefix="prove-build-") as work:
             for tag, make_model in chosen.items():
                 for dtype in args.dtypes.split(","):
