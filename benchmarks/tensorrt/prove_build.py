@@ -1,7 +1,9 @@
 """Proof, on a GPU machine, that TensorRT builds our exported models with the plugin inside.
 
-For the shipped model (models/mamba1-pystdlib, else a small random model), a mamba-130m-sized
-random model, a tiny random Mamba-2 and a mamba2-130m-sized random one, in float32 and float16:
+For the shipped Mamba-1 model (models/mamba1-pystdlib, else a small random model), a
+mamba-130m-sized random model, the shipped Mamba-2 model (models/mamba2-pystdlib, if there), a
+tiny random Mamba-2 with a binding time-step clamp and a mamba2-130m-sized random one, in
+float32 and float16:
 export to ONNX, load libmamba_trt.so into TensorRT's plugin registry, check both creators
 (SelectiveScan, SSDScan), parse (every scan node, mamba.SelectiveScan or mamba.SSDScan, must
 become an IPluginV3 layer whose outputs have the contract's types), build with the prefill and
@@ -47,6 +49,7 @@ from mamba_export.tensorrt.compat import PLUGIN_NAMESPACE, PLUGIN_VERSION, SCAN_
 from mamba_export.validate import TOLERANCES, compare  # noqa: E402
 
 SHIPPED = ROOT / "models" / "mamba1-pystdlib"
+SHIPPED_MAMBA2 = ROOT / "models" / "mamba2-pystdlib"
 PROFILES = Profiles(batch=ShapeRange(1, 2, 4), sequence=ShapeRange(1, 64, 256))
 
 
@@ -96,9 +99,11 @@ MAMBA2_TINY = Mamba2Config(d_model=64, n_layer=2, vocab_size=256, d_state=16, he
 def models() -> dict:
     first = ("mamba1-pystdlib", lambda: load(SHIPPED)) if SHIPPED.is_dir() else \
         ("small-random", lambda: random(Mamba1Config(d_model=64, n_layer=2, vocab_size=256), "small model"))  # fmt: skip
+    shipped_mamba2 = [("mamba2-pystdlib", lambda: load(SHIPPED_MAMBA2))] if SHIPPED_MAMBA2.is_dir() else []
     return dict([
         first,
         ("mamba-130m-random", lambda: random_model("mamba-130m")),
+        *shipped_mamba2,
         ("mamba2-tiny-random", lambda: random(MAMBA2_TINY, "tiny Mamba-2")),
         ("mamba2-130m-random", lambda: random(MAMBA2_130M, "mamba2-130m")),
     ])  # fmt: skip
