@@ -39,23 +39,32 @@ def _speedup(value: float, base: float | None) -> str:
     return f"{base / value:.2f}×" if base else "–"
 
 
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
 def markdown(model: str, settings: dict, results: list[dict]) -> str:
+    on_gpu = settings["device"] == "cuda"
     lines = [
         f"# Benchmark: {model}",
         "",
         f"device {settings['device']}, dtype {settings['dtype']}, decode {settings['decode_tokens']} tokens, "
         f"median of {settings['repeat']} runs after {settings['warmup']} warm-up (p10–p90 in brackets). "
-        "Every timed backend first matched eager PyTorch (float32) within the validation tolerances.",
+        "Every timed backend first matched eager PyTorch (float32) within the validation tolerances. "
+        "Setup = ONNX export / engine build / session or engine load."
+        + (" Device MB = memory the backend holds on the GPU after its runs (weights included)." if on_gpu else ""),
         "",
         "| backend | batch | prompt | prefill ms | prefill tok/s | decode ms/token | decode tok/s "
-        "| prefill vs torch | decode vs torch | peak RSS MB | load s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| prefill vs torch | decode vs torch | peak RSS MB |" + (" device MB |" if on_gpu else "") + " setup s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if on_gpu else "") + " ---: |",
     ]
     torch_runs = {(r["batch"], r["prompt_len"]): r for res in results if res["backend"] == "torch"
                   and res["status"] == "ok" for r in res["runs"]}  # fmt: skip
     for res in results:
         if res["status"] != "ok":
             continue
+        setup = " / ".join(_seconds(res.get(key)) for key in ("export_s", "build_s", "load_s"))
+        device = f" {res['device_memory_mb']:,.0f} |" if on_gpu else ""
         for r in res["runs"]:
             base = torch_runs.get((r["batch"], r["prompt_len"]))
             p, d = r["prefill"], r["decode_per_token"]
@@ -65,7 +74,7 @@ def markdown(model: str, settings: dict, results: list[dict]) -> str:
                 f"| {d['median_ms']:.2f} ({d['p10_ms']:.2f}–{d['p90_ms']:.2f}) | {r['decode_tokens_per_s']:,.1f} "
                 f"| {_speedup(p['median_ms'], base and base['prefill']['median_ms'])} "
                 f"| {_speedup(d['median_ms'], base and base['decode_per_token']['median_ms'])} "
-                f"| {res['peak_rss_mb']:,.0f} | {res['load_s']:.1f} |"
+                f"| {res['peak_rss_mb']:,.0f} |{device} {setup} |"
             )
     others = [res for res in results if res["status"] != "ok"]
     if others:
@@ -79,6 +88,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     timed = [res for res in results if res["status"] == "ok"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -93,6 +103,9 @@ def plot(results: list[dict], path: Path, title: str) -> None:
                       label=f"{res['backend']}, batch {batch}")  # fmt: skip
     left.set(xscale="log", yscale="log", xlabel="prompt length (tokens)", ylabel="prefill latency (ms)",
              title="Prefill")  # fmt: skip
+    lengths = sorted({r["prompt_len"] for res in timed for r in res["runs"]})
+    left.set_xticks(lengths, [str(n) for n in lengths])  # the measured lengths, not powers of ten
+    left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     left.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=8)
     width = 0.8 / max(len(timed), 1)
