@@ -1,7 +1,9 @@
 """ONNX export of the Mamba-1 LM: graph structure, the custom-op and portable forms in ONNX
-Runtime against eager PyTorch, prefill/decode through one graph, and safe output handling."""
+Runtime against eager PyTorch, prefill/decode through one graph, safe
+output handling, and onnx's shape inference of the mamba ops."""
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -149,3 +151,86 @@ def test_existing_export_is_not_overwritten(model, tmp_path):
         export_onnx(model, out)
     assert (out / "model.onnx").read_bytes() == b"user data"
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx"], "a refused export leaves nothing behind"
+
+
+# --- ONNX shape inference from the schemas (export/schemas.py, docs/ops.md) ----------------
+
+F16, BF16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT
+
+
+def one_node(op_type, inputs, **attributes):
+    """A model of one mamba node; inputs are (name, element type, shape) in packed order, the
+    outputs y and final_state are declared without type or shape."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node(op_type, [n for n, _, _ in inputs], ["y", "final_state"], domain="mamba",
+                               **attributes)],
+        op_type,
+        [onnx.helper.make_tensor_value_info(*i) for i in inputs],
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in ("y", "final_state")],
+    )
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18),
+                                                        onnx.helper.make_opsetid("mamba", 1)])
+
+
+def inferred(model):
+    """{output: (element type, dims as names or sizes, None where unknown)} after strict inference."""
+    outputs = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph.output
+    return {o.name: (o.type.tensor_type.elem_type,
+                     [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
+                      for d in o.type.tensor_type.shape.dim]) for o in outputs}  # fmt: skip
+
+
+def selective_scan_inputs(t=F16, n=16, **shapes):
+    table = {"u": ["batch", "dim", "L"], "delta": ["batch", "dim", "L"], "A": ["dim", n], "B": ["batch", 1, n, "L"],
+             "C": ["batch", 1, n, "L"], "D": ["dim"], "z": ["batch", "dim", "L"], "delta_bias": ["dim"],
+             "initial_state": ["batch", "dim", n]}  # fmt: skip
+    table.update(shapes)
+    floats = ("A", "D", "delta_bias", "initial_state")
+    return [(name, F32 if name in floats else t, shape) for name, shape in table.items()]
+
+
+FLAGS = {f"has_{n}": 1 for n in ("D", "z", "delta_bias", "initial_state")}
+
+
+def test_selective_scan_shape_inference():
+    assert inferred(one_node("SelectiveScan", selective_scan_inputs(), delta_softplus=1, **FLAGS)) == {
+        "y": (F16, ["batch", "dim", "L"]), "final_state": (F32, ["batch", "dim", 16])}
+    # No optional inputs: N comes from A alone. Each symbol as the inputs know it best: batch
+    # and L unknown in u, named in delta, sizes in B.
+    inputs = selective_scan_inputs(BF16, 4, u=[None, "dim", None], B=[3, 1, 4, 7])[:5]
+    assert inferred(one_node("SelectiveScan", inputs)) == {
+        "y": (BF16, [3, "dim", 7]), "final_state": (F32, [3, "dim", 4])}
+    inputs = selective_scan_inputs(u=[None, "dim", None])[:5]
+    assert inferred(one_node("SelectiveScan", inputs))["y"] == (F16, ["batch", "dim", "L"])
+
+
+def test_ssd_scan_shape_inference():
+    inputs = [("x", BF16, ["batch", "L", "H", "P"]), ("dt", BF16, ["batch", "L", "H"]), ("A", F32, [8]),
+              ("B", BF16, ["batch", "L", 2, 64]), ("C", BF16, ["batch", "L", 2, 64]), ("D", F32, ["H"]),
+              ("dt_bias", F32, ["H"]), ("initial_state", F32, ["batch", "H", 32, "N"])]  # fmt: skip
+    model = one_node("SSDScan", inputs, dt_softplus=1, dt_min=0.0, dt_max=1.0, has_D=1, has_dt_bias=1,
+                     has_initial_state=1)
+    assert inferred(model) == {"y": (BF16, ["batch", "L", 8, 32]), "final_state": (F32, ["batch", 8, 32, 64])}
+
+
+@pytest.mark.parametrize("inputs, flags, message", [
+    (selective_scan_inputs(A=["dim"]), FLAGS, "A must have shape [dim, N], got rank 1"),
+    (selective_scan_inputs(initial_state=["batch", "dim", 8]), FLAGS, "initial_state has N = 8, an earlier input 16"),
+    (selective_scan_inputs()[:8], FLAGS, "expected 9 inputs"),
+    (selective_scan_inputs(), dict(FLAGS, has_z=2), "attribute has_z must be 0 or 1, got 2"),
+])  # fmt: skip
+def test_shape_inference_rejects_contract_violations(inputs, flags, message):
+    with pytest.raises(onnx.shape_inference.InferenceError, match=re.escape(f"mamba.SelectiveScan: {message}")):
+        onnx.shape_inference.infer_shapes(one_node("SelectiveScan", inputs, **flags))
+
+
+def test_exported_graph_infers_scan_shapes(exports):
+    """Onnx's own inference over the whole exported graph reaches the scan outputs, the
+    present_ssm_state graph outputs included, once their declared shapes are removed."""
+    proto = onnx.load(str(exports["custom"]))
+    proto.graph.ClearField("value_info")
+    for output in proto.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    shapes = inferred(proto)
+    for i in range(CONFIG.n_layer):
+        assert shapes[f"present_ssm_state.{i}"] == (F32, ["batch", CONFIG.d_inner, CONFIG.d_state])
