@@ -1,5 +1,5 @@
 """ONNX export of the Mamba-1 LM: graph structure, the custom-op and portable forms in ONNX
-Runtime against eager PyTorch, prefill/decode through one graph, safe
+Runtime against eager PyTorch (float32 and float16), prefill/decode through one graph, safe
 output handling, and onnx's shape inference of the mamba ops."""
 
 import json
@@ -14,6 +14,7 @@ import torch
 import mamba_export
 from mamba_export.export.onnx_export import export_onnx, state_names
 from mamba_export.models import Mamba1Config, build_model
+from mamba_export.validate import TOLERANCES
 
 CONFIG = Mamba1Config(d_model=32, n_layer=2, vocab_size=61, d_state=4, d_conv=4, expand=2)
 
@@ -151,6 +152,28 @@ def test_existing_export_is_not_overwritten(model, tmp_path):
         export_onnx(model, out)
     assert (out / "model.onnx").read_bytes() == b"user data"
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx"], "a refused export leaves nothing behind"
+
+
+def test_fp16_export_runs_in_ort_against_eager_float32(tmp_path):
+    """The float16 graph through ONNX Runtime with our op, prefill then decode, held to
+    validate's float16 tolerances against the eager float32 model."""
+    rel_tol, state_tol, greedy_tol = TOLERANCES["float16"]
+    model = random_model()
+    session = mamba_export.ort_session(export_onnx(model, tmp_path / "fp16", dtype="fp16"))
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 40), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref_logits, ref_state = model(ids)
+    half_state = [(conv.half(), ssm) for conv, ssm in model.empty_state(2)]
+    logits, state = run(session, ids[:, :32], half_state)
+    steps = [logits]
+    for t in range(32, 40):
+        logits, state = run(session, ids[:, t : t + 1], state)
+        steps.append(logits)
+    logits = torch.cat(steps, 1)
+    assert logits.dtype == torch.float16 and state[0][0].dtype == torch.float16 and state[0][1].dtype == torch.float32
+    assert rel(logits, ref_logits) <= rel_tol
+    assert max(rel(t, r) for pair, ref_pair in zip(state, ref_state) for t, r in zip(pair, ref_pair)) <= state_tol
+    assert (logits.argmax(-1) == ref_logits.argmax(-1)).double().mean() >= greedy_tol
 
 
 # --- ONNX shape inference from the schemas (export/schemas.py, docs/ops.md) ----------------
