@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto  # noqa: E402
 
 from mamba_export import ort_session  # noqa: E402
-from mamba_export.errors import MissingDependencyError  # noqa: E402
+from mamba_export.errors import MambaExportError, MissingDependencyError  # noqa: E402
 from mamba_export.export.schemas import register_schemas  # noqa: E402
 from mamba_export.ops import selective_scan_reference  # noqa: E402
 
@@ -294,3 +294,18 @@ def test_missing_onnxruntime_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(MissingDependencyError, match="onnxruntime is not installed"):
         ort_session("model.onnx")
+
+
+def test_a_model_ort_cannot_load_is_one_clear_error(tmp_path):
+    """ORT's load failures become MambaExportError: the file and ORT's first message line."""
+    corrupt = tmp_path / "model.onnx"
+    corrupt.write_bytes(b"not a protobuf")
+    cases = [(corrupt, f"ONNX Runtime cannot load {corrupt}: ", "INVALID_PROTOBUF"),
+             (tmp_path / "missing.onnx", f"ONNX Runtime cannot load {tmp_path / 'missing.onnx'}: ", "NO_SUCHFILE"),
+             (b"not a protobuf", "ONNX Runtime cannot load the serialized model: ", "INVALID_PROTOBUF")]  # fmt: skip
+    for model, prefix, code in cases:
+        with pytest.raises(MambaExportError) as error:
+            ort_session(model)
+        message = str(error.value)
+        assert message.startswith(prefix) and code in message and "\n" not in message, message
+        assert type(error.value.__cause__).__module__.startswith("onnxruntime")

@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from ..errors import MissingDependencyError
+from ..errors import MambaExportError, MissingDependencyError
 from ..native import custom_op_library
 
 # Marks session options that already carry the library: registering it twice makes ORT
@@ -36,6 +36,7 @@ def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_op
     ops run on the GPU too. session_options: an ``onnxruntime.SessionOptions``
     to use; the custom-op library is registered on it (once, however often it is passed).
     ORT's defaults apply otherwise (all graph optimisations, its own thread count).
+    A model ORT cannot load (missing, not ONNX, an invalid graph) raises MambaExportError.
     """
     ort = import_onnxruntime()
     library = custom_op_library()
@@ -46,7 +47,19 @@ def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_op
         options.register_custom_ops_library(library)
         options.add_session_config_entry(_REGISTERED_KEY, library)
     model = onnx_path if isinstance(onnx_path, bytes) else os.fspath(onnx_path)
-    return ort.InferenceSession(model, sess_options=options, providers=providers or ["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=providers or ["CPUExecutionProvider"])
+    except _load_errors(ort) as e:
+        what = "the serialized model" if isinstance(model, bytes) else model
+        message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise MambaExportError(f"ONNX Runtime cannot load {what}: {message}") from e
+
+
+def _load_errors(ort) -> tuple[type[Exception], ...]:
+    """The exceptions ORT raises for a model it cannot load (its Python API has no common base)."""
+    state = ort.capi.onnxruntime_pybind11_state
+    return (state.Fail, state.InvalidArgument, state.NoSuchFile, state.NoModel, state.InvalidProtobuf,
+            state.InvalidGraph, state.NotImplemented, state.RuntimeException, state.EPFail)
 
 
 def custom_op_providers() -> list[str]:
