@@ -4,8 +4,10 @@ Runs everywhere: build-engine's argument and input checks, the trt backend's ava
 reasons, one-line CLI errors. With TensorRT's public headers in third_party/TensorRT/include
 (and nvcc): the plugin library is built against them and its creator and build-time methods
 are driven through TensorRT's interfaces by tests/native/trt_plugin_probe.cpp, without
-TensorRT. Where TensorRT or TensorRT-RTX imports (not in CI): real parses and builds; where
-a GPU also runs the engine: the trt backend against eager PyTorch.
+TensorRT. Where TensorRT or TensorRT-RTX imports (not in CI): real parses; builds where its
+builder builds for this machine (and, with TensorRT-RTX, for an explicit target anywhere); where
+the runtime also runs engines on this GPU (a probe engine says): the trt backend against eager
+PyTorch. Every skip says which of these is missing.
 """
 
 import copy
@@ -19,6 +21,7 @@ import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -29,6 +32,7 @@ from onnx.defs import OpSchema
 import mamba_export
 from mamba_export.backends.factory import backend_unavailable, open_backend
 from mamba_export.backends.torch_backend import TorchBackend
+from mamba_export.backends.trt_backend import TrtBackend
 from mamba_export.cli import main
 from mamba_export.errors import MambaExportError, MissingDependencyError
 from mamba_export.export.onnx_export import export_onnx
@@ -36,17 +40,13 @@ from mamba_export.export.schemas import _selective_scan, _ssd_scan
 from mamba_export.models import Mamba1Config, Mamba2Config, build_model
 from mamba_export.ops.cuda import SsdParams
 from mamba_export.tensorrt import DEFAULT_SEQUENCE, Profiles, ShapeRange, build_engine, import_tensorrt, load_plugin
-from mamba_export.tensorrt import onnx_input, read_engine_info
+from mamba_export.tensorrt import build_unavailable, compat, onnx_input, read_engine_info, run_unavailable
 from mamba_export.tensorrt.build import parse_network, sidecar_path
 from mamba_export.tensorrt.compat import make_logger, scan_op
 from mamba_export.validate import TOLERANCES, compare
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADERS = ROOT / "third_party" / "TensorRT" / "include"
-NO_TENSORRT = (
-    "TensorRT is not installed: its builder cannot be installed on this machine (PyPI's tensorrt-cu13-libs is a "
-    "stub); see docs/tensorrt.md"
-)
 CONFIGS = {
     "mamba1": Mamba1Config(d_model=32, n_layer=2, vocab_size=61, d_state=4, d_conv=4, expand=2),
     # A binding time-step clamp, so that the float attributes reach the plugin with other values than the defaults.
@@ -222,6 +222,39 @@ def test_trt_backend_runs_on_cuda_only():
 @pytest.mark.skipif(tensorrt_or_none() is not None, reason="TensorRT (or TensorRT-RTX) imports here")
 def test_trt_backend_unavailable_without_tensorrt():
     assert backend_unavailable("trt").startswith("TensorRT is not installed")
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """An H100 as PyTorch would describe it; the probe engine's results set by the test."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (9, 0))
+    return lambda build, load: monkeypatch.setattr(compat, "_probe", lambda trt, device: (build, load))
+
+
+RTX = SimpleNamespace(__name__="tensorrt_rtx_bindings", __version__="1.7.1.116")
+H100 = "NVIDIA H100 80GB HBM3, compute capability 9.0"
+
+
+def test_trt_backend_unavailable_where_the_runtime_refuses_the_gpu(gpu, monkeypatch, tmp_path):
+    """What bench lists as the reason for skipping trt and the CLI prints: one line naming
+    TensorRT, the GPU and TensorRT's own message."""
+    monkeypatch.setattr("mamba_export.tensorrt.import_tensorrt", lambda: RTX)
+    plugin = tmp_path / "libmamba_trt.so"
+    plugin.write_bytes(b"")
+    monkeypatch.setenv("MAMBA_EXPORT_TRT_PLUGIN", str(plugin))
+    gpu(None, "Error Code 1: Cuda Runtime (no kernel image is available\nfor execution on the device)")
+    assert backend_unavailable("trt") == f"TensorRT-RTX 1.7.1.116 cannot run engines on this GPU ({H100}): " \
+        "Error Code 1: Cuda Runtime (no kernel image is available for execution on the device)"  # fmt: skip
+    gpu("Unsupported SM.", None)  # the default build (for this GPU) fails first
+    assert backend_unavailable("trt") == f"TensorRT-RTX 1.7.1.116 cannot run engines on this GPU ({H100}): " \
+        "building one failed: Unsupported SM."  # fmt: skip
+    assert build_unavailable(RTX) == f"TensorRT-RTX 1.7.1.116 cannot build engines for this machine ({H100}): " \
+        "Unsupported SM."  # fmt: skip
+    gpu(None, None)
+    assert backend_unavailable("trt") is None and build_unavailable(RTX) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible here")
@@ -700,14 +733,34 @@ def test_ssd_workspace_covers_every_shape_of_the_profile(probe, plugins, plugin_
 
 @pytest.fixture(scope="module")
 def trt():
-    module = tensorrt_or_none()
-    if module is None:
-        pytest.skip(NO_TENSORRT)
+    """TensorRT (or TensorRT-RTX) with the plugin loaded: enough to parse."""
+    try:
+        module = import_tensorrt()
+    except MissingDependencyError as e:
+        pytest.skip(str(e))
     try:
         load_plugin(module)
     except MissingDependencyError as e:
         pytest.skip(f"the plugin library is not built: {e}")
     return module
+
+
+@pytest.fixture(scope="module")
+def trt_builds(trt):
+    """... whose builder builds with its default settings here (for this machine's GPU)."""
+    reason = build_unavailable(trt)
+    if reason:
+        pytest.skip(reason)
+    return trt
+
+
+@pytest.fixture(scope="module")
+def trt_runs(trt):
+    """... whose runtime also runs engines on this GPU: what --backend trt needs."""
+    reason = backend_unavailable("trt")
+    if reason:
+        pytest.skip(reason)
+    return trt
 
 
 ARCHITECTURES = [("mamba1", "SelectiveScan"), ("mamba2", "SSDScan")]
@@ -737,6 +790,7 @@ def test_parser_maps_every_scan_to_the_plugin(trt, tmp_path, architecture, op, d
 
 
 @pytest.mark.parametrize("architecture, op", ARCHITECTURES)
+@pytest.mark.usefixtures("trt_builds")
 def test_build_engine_writes_plan_sidecar_and_timing_cache(trt, exports, tmp_path, architecture, op):
     export_dir = exports(architecture)
     plan, cache = tmp_path / "model.plan", tmp_path / "timing.cache"
@@ -757,7 +811,8 @@ def test_build_engine_writes_plan_sidecar_and_timing_cache(trt, exports, tmp_pat
 
 
 @pytest.mark.parametrize("architecture", ["mamba1", "mamba2"])
-def test_cli_builds_an_engine(trt, capsys, exports, tmp_path, architecture):
+@pytest.mark.usefixtures("trt_builds")
+def test_cli_builds_an_engine(capsys, exports, tmp_path, architecture):
     plan = tmp_path / "cli.plan"
     code, out, _ = run_cli(capsys, "build-engine", str(exports(architecture) / "model.onnx"), "-o", str(plan),
                            "--max-batch", "2", "--max-seq", "16", "-q")  # fmt: skip
@@ -783,14 +838,54 @@ def test_bad_node_attribute_is_a_parser_error_naming_the_node(trt, exports, tmp_
     assert f"mamba.{op} (node '{node.name}'): {explanation}" in str(error.value)  # the plugin's own explanation
 
 
+def sm89(trt):
+    """TensorRT-RTX's builder settings for one explicit target, Ada (it has no Hopper target)."""
+    if not trt.__name__.startswith("tensorrt_rtx"):
+        pytest.skip(f"{trt.__name__} builds for the GPU it runs on; explicit targets are TensorRT-RTX's")
+
+    def configure(config):
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(trt.ComputeCapability.SM89, 0)
+
+    return configure
+
+
+@pytest.mark.parametrize("architecture, op", ARCHITECTURES)
+def test_rtx_builds_for_an_explicit_target(trt, exports, tmp_path, architecture, op):
+    """TensorRT-RTX builds for a named compute capability on any machine, also where it cannot
+    build for (or run on) the GPU it finds: the plugin's build path is proven there too."""
+    plan = build_engine(exports(architecture), tmp_path / "sm89.plan", profiles=SMALL, builder_config=sm89(trt))
+    assert op.encode() in plan.read_bytes() and read_engine_info(plan)["plugin"]["name"] == op
+
+
+def test_probe_agrees_with_building_and_loading_an_export(trt, exports, tmp_path):
+    """A wrong 'cannot' from the probe engine would skip tests that should run (and a wrong
+    'can' fail them): its answers against what TensorRT does with a real export."""
+    plan = tmp_path / "m.plan"
+    if build_unavailable(trt) is None:
+        build_engine(exports("mamba1"), plan, profiles=SMALL)
+    else:
+        with pytest.raises(MambaExportError, match="TensorRT could not build the engine"):
+            build_engine(exports("mamba1"), plan, profiles=SMALL)
+        build_engine(exports("mamba1"), plan, profiles=SMALL, builder_config=sm89(trt))
+    if not torch.cuda.is_available():
+        assert run_unavailable(trt) == "no CUDA device visible to PyTorch"
+        return  # nothing to load an engine on
+    if run_unavailable(trt) is None:
+        assert TrtBackend(plan).engine is not None
+    else:
+        assert "cannot run engines on this GPU" in run_unavailable(trt)
+        with pytest.raises(MambaExportError, match="TensorRT could not load"):
+            TrtBackend(plan)
+
+
 # ---------------------------------------------------------------------------------------
-# Running engines (TensorRT and a GPU it supports)
+# Running engines (TensorRT and a GPU its runtime supports)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="running an engine needs a CUDA GPU")
 @pytest.mark.parametrize("architecture", ["mamba1", "mamba2"])
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
-def test_trt_backend_matches_eager(trt, tmp_path, architecture, dtype):
+def test_trt_backend_matches_eager(trt_runs, tmp_path, architecture, dtype):
     reference = random_model(architecture=architecture)
     model = reference if dtype == "fp32" else copy.deepcopy(reference).to(torch.float16)
     backend = open_backend("trt", model, export_dir=tmp_path)
@@ -801,3 +896,4 @@ def test_trt_backend_matches_eager(trt, tmp_path, architecture, dtype):
     assert errors["greedy_match"] >= greedy_tol, errors
     assert all(t.is_cuda for pair in backend.empty_state(1) for t in pair)  # states stay on the GPU
     assert os.path.isfile(sidecar_path(tmp_path / "model.plan"))
+

@@ -77,18 +77,20 @@ def default_device(name: str) -> str:
 def _trt_unavailable(device: str) -> str | None:
     from ..errors import MissingDependencyError
     from ..native import tensorrt_plugin_library
-    from ..tensorrt import import_tensorrt
+    from ..tensorrt import import_tensorrt, run_unavailable
 
     if not device.startswith("cuda"):
         return "trt runs on CUDA; use --device cuda"
     try:
-        import_tensorrt()
+        trt = import_tensorrt()
         tensorrt_plugin_library()
     except MissingDependencyError as e:
         return str(e)
     if not torch.cuda.is_available():
         return "no CUDA device visible to PyTorch"
-    return None
+    # An importable TensorRT may still refuse this GPU (TensorRT-RTX 1.7 on Hopper): a probe
+    # engine says so before an export and a build are spent on it.
+    return run_unavailable(trt)
 
 
 def ensure_engine(export_dir: Path, overwrite: bool = False) -> Path:

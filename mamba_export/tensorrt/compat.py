@@ -115,9 +115,9 @@ def load_plugin(trt) -> str:
 _loggers: dict[str, object] = {}
 
 
-def make_logger(trt, verbose: bool = False):
-    """TensorRT's logger, which prints warnings and errors (everything when ``verbose``) on
-    stderr and keeps the errors since this call, so that a failure can name them.
+def make_logger(trt, verbose: bool = False, quiet: bool = False):
+    """TensorRT's logger, which prints warnings and errors (everything when ``verbose``, nothing
+    when ``quiet``) on stderr and keeps the errors since this call, so that a failure can name them.
 
     TensorRT keeps the first logger a builder or runtime of the process was given and ignores
     later ones (with a warning), also for the plugins' messages; so there is one logger per
@@ -129,20 +129,84 @@ def make_logger(trt, verbose: bool = False):
             def __init__(self):
                 trt.ILogger.__init__(self)
                 self.errors: list[str] = []
-                self.verbose = False
+                self.verbose = self.quiet = False
 
             def log(self, severity, msg):
                 level = int(severity)
                 if level <= int(trt.ILogger.Severity.ERROR):
                     self.errors.append(msg)
-                    print(f"[TensorRT] error: {msg}", file=sys.stderr, flush=True)  # also when --quiet
-                elif level == int(trt.ILogger.Severity.WARNING) or self.verbose:
+                    if not self.quiet:
+                        print(f"[TensorRT] error: {msg}", file=sys.stderr, flush=True)  # also with the CLI's --quiet
+                elif not self.quiet and (level == int(trt.ILogger.Severity.WARNING) or self.verbose):
                     console.info(f"[TensorRT] {msg}")
 
             def explain(self) -> str:
                 return f": {self.errors[-1]}" if self.errors else " (see TensorRT's messages above)"
 
         logger = _loggers[trt.__name__] = Logger()
-    logger.verbose = verbose
+    logger.verbose, logger.quiet = verbose, quiet
     logger.errors.clear()
     return logger
+
+
+def _gpu() -> tuple[str, int | None]:
+    """(a description of the current CUDA device, its index), or why there is none."""
+    import torch  # not at import: only the probes need it
+
+    if not torch.cuda.is_available():
+        return "no CUDA device visible to PyTorch", None
+    major, minor = torch.cuda.get_device_capability()
+    return f"{torch.cuda.get_device_name()}, compute capability {major}.{minor}", torch.cuda.current_device()
+
+
+@functools.cache
+def _probe(trt, device: int | None) -> tuple[str | None, str | None]:
+    """Builds a one-layer engine with the builder's defaults (for the current GPU) and loads it:
+    (TensorRT's errors of the build, of the loading), None for a step that worked.
+
+    TensorRT-RTX, for one, builds for the GPU it finds by default and refuses on GPUs its runtime
+    does not support (Hopper in 1.7), while builds for an explicit target work anywhere; a
+    trivial engine tells cheaply which case this is. ``device`` only keys the cache."""
+    logger = make_logger(trt, quiet=True)  # the failures are the answer, not news for stderr
+    try:
+        builder = trt.Builder(logger)
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        x = network.add_input("x", trt.float32, (1,))
+        network.mark_output(network.add_identity(x).get_output(0))
+        plan = builder.build_serialized_network(network, builder.create_builder_config())
+        if plan is None:
+            return " | ".join(logger.errors) or "no message", None
+        engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(plan))
+        if engine is None or engine.create_execution_context() is None:
+            return None, " | ".join(logger.errors) or "no message"
+        return None, None
+    finally:
+        logger.quiet = False
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def build_unavailable(trt) -> str | None:
+    """Why ``trt`` cannot build engines here with its default settings (for the current GPU, or
+    none), in one line; None when it can."""
+    gpu, device = _gpu()
+    error = _probe(trt, device)[0]
+    if error is None:
+        return None
+    return _one_line(f"{PRODUCT.get(trt.__name__, trt.__name__)} {trt.__version__} cannot build engines "
+                     f"for this machine ({gpu}): {error}")  # fmt: skip
+
+
+def run_unavailable(trt) -> str | None:
+    """Why ``trt`` cannot run engines on the current GPU, in one line; None when it can."""
+    gpu, device = _gpu()
+    if device is None:
+        return gpu
+    build, load = _probe(trt, device)
+    if build is None and load is None:
+        return None
+    why = f"building one failed: {build}" if build is not None else load
+    return _one_line(f"{PRODUCT.get(trt.__name__, trt.__name__)} {trt.__version__} cannot run engines "
+                     f"on this GPU ({gpu}): {why}")  # fmt: skip
