@@ -18,6 +18,7 @@ from .backends.base import Backend, State
 
 # Per exported dtype: (max relative logits error, max relative state error, min greedy agreement).
 # float32 differs from the reference only by summation order; half types by their rounding.
+# docs/export.md (Validation) has this table and the reasons; tests/test_cli.py holds the two equal.
 TOLERANCES = {
     "float32": (1e-4, 1e-4, 1.0),
     "float16": (2e-2, 2e-2, 0.9),
