@@ -47,8 +47,15 @@ def _add_backend(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision of the model run (default: fp32)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like the commands' own errors (subcommands inherit the class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mamba-export",
         description="Export Mamba models to ONNX with the scan as one custom op, run them in "
         "ONNX Runtime and TensorRT, and validate them against eager PyTorch.",
@@ -147,6 +154,22 @@ def _positive(args, *names):
             raise MambaExportError(f"--{name.replace('_', '-')} must be at least 1")
 
 
+def _check_output_dir(path: Path | None, option: str) -> None:
+    """Refuses, before any work, a directory option that names something other than a directory."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise MambaExportError(f"{option} {path}: not a directory")
+
+
+def _check_output_file(path: Path | None, option: str) -> None:
+    """Refuses, before any work, a file to write whose directory is missing or that is a directory."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise MambaExportError(f"{option} {path}: is a directory")
+    if not path.parent.is_dir():
+        raise MambaExportError(f"{option} {path}: directory {path.parent} does not exist")
+
+
 @contextlib.contextmanager
 def _export_dir(args):
     """--onnx DIR, or a temporary directory removed afterwards."""
@@ -174,8 +197,15 @@ def _load(model: str, dtype: str):
 
 
 def _cmd_export(args) -> int:
+    import onnx
+
     from .export.onnx_export import DEFAULT_OPSET, export_onnx
 
+    _check_output_dir(args.output, "-o/--output")
+    # Outside this range torch's exporter silently writes opset 18 instead.
+    newest = onnx.defs.onnx_opset_version()
+    if args.opset is not None and not DEFAULT_OPSET <= args.opset <= newest:
+        raise MambaExportError(f"--opset must be between {DEFAULT_OPSET} and {newest} (this onnx's newest)")
     args.model = _model_arg(args)
     model = _load(args.model, args.dtype)
     kind = "portable ONNX" if args.portable else "ONNX"
@@ -199,6 +229,9 @@ def _cmd_validate(args) -> int:
     _positive(args, "batch", "prompt_len")
     if args.decode_steps < 0:
         raise MambaExportError("--decode-steps must be 0 or more")
+    # Before loading, exporting and running, which take a while.
+    _check_output_dir(args.onnx, "--onnx")
+    _check_output_file(args.json, "--json")
     args.model = _model_arg(args)
     reference = _load(args.model, "fp32")
     dtype = resolve_dtype(args.dtype)
@@ -223,6 +256,11 @@ def _cmd_generate(args) -> int:
     from .tokenizer import TextStream, load_tokenizer
 
     _positive(args, "max_new_tokens")
+    if not args.temperature >= 0:  # also NaN
+        raise MambaExportError("--temperature must be 0 (greedy) or more")
+    if args.top_k < 0:
+        raise MambaExportError("--top-k must be 0 (all tokens) or more")
+    _check_output_dir(args.onnx, "--onnx")
     args.model = _model_arg(args)
     tokenizer = load_tokenizer(resolve_checkpoint(args.model))
     if tokenizer is None:
@@ -311,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except MambaExportError as e:
         print(f"mamba-export {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the checks above did not foresee: unreadable, unwritable, disk full
+        message = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+        print(f"mamba-export {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

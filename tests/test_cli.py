@@ -1,0 +1,202 @@
+"""The mamba-export command line, run in-process through cli.main on the shipped model
+(models/mamba1-pystdlib) and a small random one: export, validate (passing, and failing on a
+tampered export), generate through ONNX Runtime and eager PyTorch, and bad input as exit
+status 2 with one line on stderr."""
+
+import contextlib
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import mamba_export
+from mamba_export.cli import DEFAULT_MODEL, main
+from mamba_export.tokenizer import load_tokenizer
+from mamba_export.validate import TOLERANCES
+from test_export import random_model
+
+SHIPPED = str(DEFAULT_MODEL)
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"
+
+
+def cli(capsys, *argv):
+    """(exit status, stdout, stderr) of `mamba-export ARGV`."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def shipped_export(tmp_path_factory):
+    """`mamba-export export` of the shipped model: (exit status, stdout, export directory)."""
+    out = tmp_path_factory.mktemp("cli") / "shipped"
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        code = main(["export", SHIPPED, "-o", str(out), "-q"])
+    return code, stdout.getvalue(), out
+
+
+# --- export -------------------------------------------------------------------------------
+
+def test_export_writes_the_graph_and_its_description(shipped_export):
+    code, stdout, out = shipped_export
+    assert code == 0 and stdout == f"{out / 'model.onnx'}\n"
+    n_layer = json.loads((DEFAULT_MODEL / "config.json").read_text())["num_hidden_layers"]
+    proto = onnx.load(str(out / "model.onnx"))
+    scans = [n for n in proto.graph.node if n.op_type == "SelectiveScan"]
+    assert len(scans) == n_layer and all(n.domain == "mamba" for n in scans)
+    info = json.loads((out / "export.json").read_text())
+    assert (info["source"], info["dtype"], info["portable"]) == (SHIPPED, "float32", False)
+    assert [i.name for i in proto.graph.input] == info["inputs"]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx"]
+
+
+def test_export_replaces_files_only_with_overwrite(tmp_path, capsys):
+    checkpoint = mamba_export.save_pretrained(random_model(), tmp_path / "small")
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = {"model.onnx": b"the user's model", "export.json": b"{}", "notes.txt": b"keep"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    code, stdout, err = cli(capsys, "export", checkpoint, "-o", out, "-q")
+    assert (code, stdout) == (2, "")
+    assert err == f"mamba-export export: error: {out} already holds an export (model.onnx); use --overwrite to replace it\n"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == mine, "a refused export changes nothing"
+
+    code, stdout, err = cli(capsys, "export", checkpoint, "-o", out, "--overwrite", "-q")
+    assert (code, stdout, err) == (0, f"{out / 'model.onnx'}\n", "")
+    onnx.checker.check_model(str(out / "model.onnx"))
+    assert json.loads((out / "export.json").read_text())["source"] == str(checkpoint)
+    assert (out / "notes.txt").read_bytes() == b"keep"
+
+
+# --- validate -----------------------------------------------------------------------------
+
+def documented_table(heading_row: str) -> list[list[str]]:
+    """The cells of the rows of docs/export.md's table whose header row is ``heading_row``."""
+    lines = DOCS.read_text().splitlines()
+    start = lines.index(heading_row) + 2  # past the header and the |---| line
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_validation_tolerances_are_documented():
+    def bound(cell):  # "≤ 1e-4" or "≥ 90%"
+        number = cell.lstrip("≤≥ ")
+        return float(number[:-1]) / 100 if number.endswith("%") else float(number)
+
+    rows = documented_table("| dtype | logits max rel error | state max rel error | greedy tokens agree |")
+    assert {dtype: tuple(bound(c) for c in cells) for dtype, *cells in rows} == TOLERANCES
+
+
+def test_validate_passes_and_writes_the_documented_report(shipped_export, tmp_path, capsys):
+    report = tmp_path / "report.json"
+    code, stdout, err = cli(capsys, "validate", SHIPPED, "--backend", "ort", "--onnx", shipped_export[2],
+                            "--decode-steps", 4, "--json", report)
+    assert code == 0 and "PASSED" in stdout and "Traceback" not in err
+    assert f"Using the export in {shipped_export[2]}" in err
+    result = json.loads(report.read_text())
+    documented = {name.strip("` ") for cells in documented_table("| field | content |") for name in cells[0].split(",")}
+    assert set(result) == documented
+    assert (result["backend"], result["dtype"], result["batch"], result["decode_steps"]) == ("ort", "float32", 2, 4)
+    assert result["tolerance"] == dict(zip(("max_rel_err", "state_max_rel_err", "greedy_match"), TOLERANCES["float32"]))
+    assert result["passed"] is True and 0 <= result["max_rel_err"] <= TOLERANCES["float32"][0]
+
+
+def test_validate_fails_on_a_tampered_export(shipped_export, tmp_path, capsys):
+    """One layer's D off by 1% in model.onnx, export.json unchanged: the export is reused and
+    validation must fail (exit 1), on the logits and state errors."""
+    tampered = tmp_path / "tampered"
+    shutil.copytree(shipped_export[2], tampered)
+    proto = onnx.load(str(tampered / "model.onnx"))
+    (weight,) = [t for t in proto.graph.initializer if t.name == "model.backbone.layers.0.mixer.D"]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.01, weight.name))
+    onnx.save(proto, str(tampered / "model.onnx"))
+    report = tmp_path / "report.json"
+    code, stdout, err = cli(capsys, "validate", SHIPPED, "--onnx", tampered, "--decode-steps", 4, "--json", report)
+    assert code == 1 and "FAILED" in stdout and "Traceback" not in err
+    assert f"Using the export in {tampered}" in err, "the tampered file must be what ran"
+    result = json.loads(report.read_text())
+    assert result["passed"] is False
+    assert result["max_rel_err"] > result["tolerance"]["max_rel_err"]
+    assert result["state_max_rel_err"] > result["tolerance"]["state_max_rel_err"]
+
+
+# --- generate -----------------------------------------------------------------------------
+
+def test_generate_greedy_text_is_the_same_in_ort_and_torch(shipped_export, capsys):
+    prompt, new_tokens = "def read(path):\n    ", 24
+    texts = {}
+    for backend in ("ort", "torch"):
+        code, texts[backend], err = cli(capsys, "generate", SHIPPED, "--backend", backend, "--onnx", shipped_export[2],
+                                        "--prompt", prompt, "--max-new-tokens", new_tokens, "-q")
+        assert (code, err) == (0, "")
+    assert texts["ort"] == texts["torch"]
+    # Independently: greedy decoding by rerunning the eager model on the whole prefix each step.
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    model = mamba_export.load(SHIPPED)
+    ids = tokenizer.encode(prompt).ids
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+    assert texts["torch"] == tokenizer.decode(ids) + "\n"
+
+
+# --- bad input: exit status 2, one line on stderr ------------------------------------------
+
+@pytest.fixture
+def paths(shipped_export, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(shipped_export[2], corrupt)
+    (corrupt / "model.onnx").write_bytes(b"not a protobuf")
+    return {"FILE": a_file, "CORRUPT": corrupt, "OUT": tmp_path / "out"}
+
+
+BAD_INPUT = {
+    "missing model": (["validate", "/nonexistent/model"], "/nonexistent/model: no such directory"),
+    "json into a missing directory": (["validate", "--json", "/nonexistent/dir/report.json"],
+                                      "--json /nonexistent/dir/report.json: directory /nonexistent/dir does not exist"),
+    "json is a directory": (["validate", "--json", "CORRUPT"], "--json CORRUPT: is a directory"),
+    "onnx is a file": (["validate", "--onnx", "FILE"], "--onnx FILE: not a directory"),
+    "generate onnx is a file": (["generate", "--backend", "ort", "--onnx", "FILE", "--prompt", "x"],
+                                "--onnx FILE: not a directory"),
+    "export into a file": (["export", "-o", "FILE"], "-o/--output FILE: not a directory"),
+    "opset too old": (["export", "-o", "OUT", "--opset", "17"], "--opset must be between 18 and"),
+    "corrupt model.onnx": (["validate", "--onnx", "CORRUPT"],
+                           "ONNX Runtime cannot load CORRUPT/model.onnx: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF"),
+    "no new tokens": (["generate", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    "negative temperature": (["generate", "--prompt", "x", "--temperature", "-1"], "--temperature must be 0"),
+    "bad device": (["validate", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_and_exit_2(case, paths, capsys):
+    argv, message = BAD_INPUT[case]
+    for name, path in paths.items():
+        argv = [str(a).replace(name, str(path)) for a in argv]
+        message = message.replace(name, str(path))
+    code, stdout, err = cli(capsys, *argv, "-q")
+    assert code == 2 and stdout == "" and "Traceback" not in err
+    assert re.fullmatch(f"mamba-export {argv[0]}: error: {re.escape(message)}[^\n]*\n", err), err
+    assert not paths["OUT"].exists(), "nothing is written"
+
+
+def test_path_errors_come_before_any_work(capsys):
+    """Without -q, nothing is loaded or exported before a bad --json is refused."""
+    code, _, err = cli(capsys, "validate", "--json", "/nonexistent/dir/report.json")
+    assert code == 2 and err.count("\n") == 1
