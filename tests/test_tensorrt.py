@@ -6,8 +6,8 @@ reasons, one-line CLI errors. With TensorRT's public headers in third_party/Tens
 are driven through TensorRT's interfaces by tests/native/trt_plugin_probe.cpp, without
 TensorRT. Where TensorRT or TensorRT-RTX imports (not in CI): real parses; builds where its
 builder builds for this machine (and, with TensorRT-RTX, for an explicit target anywhere); where
-the runtime also runs engines on this GPU (a probe engine says): the trt backend against eager
-PyTorch. Every skip says which of these is missing.
+the runtime also runs engines on this GPU (a probe engine says): the trt backend and generate
+against eager PyTorch. Every skip says which of these is missing.
 """
 
 import copy
@@ -47,6 +47,7 @@ from mamba_export.validate import TOLERANCES, compare
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADERS = ROOT / "third_party" / "TensorRT" / "include"
+SHIPPED = {"mamba1": ROOT / "models" / "mamba1-pystdlib", "mamba2": ROOT / "models" / "mamba2-pystdlib"}
 CONFIGS = {
     "mamba1": Mamba1Config(d_model=32, n_layer=2, vocab_size=61, d_state=4, d_conv=4, expand=2),
     # A binding time-step clamp, so that the float attributes reach the plugin with other values than the defaults.
@@ -222,6 +223,47 @@ def test_trt_backend_runs_on_cuda_only():
 @pytest.mark.skipif(tensorrt_or_none() is not None, reason="TensorRT (or TensorRT-RTX) imports here")
 def test_trt_backend_unavailable_without_tensorrt():
     assert backend_unavailable("trt").startswith("TensorRT is not installed")
+
+
+@pytest.fixture
+def fresh_import(monkeypatch):
+    """fake({module name: module}) answers import_tensorrt()'s imports (a name not given: not
+    installed); its cache is emptied before and after, so that other tests see the real TensorRT."""
+    real = compat.importlib.import_module
+
+    def fake(answers):
+        def import_module(name, *args):
+            if name not in compat.MINIMUM:
+                return real(name, *args)
+            if answers.get(name) is None:
+                raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+            return answers[name]
+
+        monkeypatch.setattr(compat.importlib, "import_module", import_module)
+
+    import_tensorrt.cache_clear()
+    yield fake
+    import_tensorrt.cache_clear()
+
+
+@pytest.mark.parametrize("module, version, message", [
+    ("tensorrt", "8.6.1", "TensorRT 8.6.1 is too old (need 10.0 or newer); see docs/tensorrt.md"),
+    ("tensorrt_rtx_bindings", "1.6.0.20", "TensorRT-RTX 1.6.0.20 is too old (need 1.7 or newer); see docs/tensorrt.md"),
+])  # fmt: skip
+def test_too_old_tensorrt_is_refused_in_one_line(fresh_import, capsys, export_dir, tmp_path, module, version, message):
+    fresh_import({module: SimpleNamespace(__name__=module, __version__=version)})
+    with pytest.raises(MissingDependencyError) as error:
+        import_tensorrt()
+    assert str(error.value) == message
+    code, out, err = run_cli(capsys, "build-engine", str(export_dir), "-o", str(tmp_path / "m.plan"))
+    assert (code, out, err) == (2, "", f"mamba-export build-engine: error: {message}\n")
+    assert backend_unavailable("trt") == message and not (tmp_path / "m.plan").exists()
+
+
+def test_new_enough_tensorrt_is_taken_before_tensorrt_rtx(fresh_import):
+    tensorrt = SimpleNamespace(__name__="tensorrt", __version__="10.0.1")
+    fresh_import({"tensorrt": tensorrt, "tensorrt_rtx_bindings": SimpleNamespace(__version__="1.7.1")})
+    assert import_tensorrt() is tensorrt
 
 
 @pytest.fixture
@@ -897,3 +939,23 @@ def test_trt_backend_matches_eager(trt_runs, tmp_path, architecture, dtype):
     assert all(t.is_cuda for pair in backend.empty_state(1) for t in pair)  # states stay on the GPU
     assert os.path.isfile(sidecar_path(tmp_path / "model.plan"))
 
+
+@pytest.mark.parametrize("architecture", ["mamba1", "mamba2"])
+def test_generate_with_trt_backend_matches_torch(trt_runs, capsys, tmp_path, architecture):
+    """Greedy float32 text from the shipped model: the engine's tokens are eager PyTorch's."""
+    prompt = "class Parser:\n    def __init__(self"  # both models continue it with code, not blanks
+    argv = ["generate", str(SHIPPED[architecture]), "--prompt", prompt, "--max-new-tokens", "32", "-q"]
+    code, expected, _ = run_cli(capsys, *argv)
+    assert code == 0 and expected.startswith(prompt) and len(expected[len(prompt):].split()) > 2
+    code, out, _ = run_cli(capsys, *argv, "--backend", "trt", "--onnx", str(tmp_path / "export"))
+    assert code == 0 and out == expected
+    assert read_engine_info(tmp_path / "export" / "model.plan")["export"]["config"]["architecture"] == architecture
+
+
+def test_generate_with_trt_backend_says_why_it_cannot_run(capsys):
+    """Where engines cannot run (no TensorRT, no GPU, a GPU its runtime refuses): one line, before any export."""
+    reason = backend_unavailable("trt")
+    if reason is None:
+        pytest.skip("TensorRT runs engines here: test_generate_with_trt_backend_matches_torch covers generate")
+    code, out, err = run_cli(capsys, "generate", str(SHIPPED["mamba1"]), "--prompt", "def", "--backend", "trt", "-q")
+    assert (code, out, err) == (2, "", f"mamba-export generate: error: backend trt: {reason}\n")
