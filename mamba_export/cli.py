@@ -45,6 +45,8 @@ def _add_backend(p: argparse.ArgumentParser, default: str) -> None:
                    help="export directory to use, or to export into if empty (default: a temporary one)")
     p.add_argument("--overwrite", action="store_true", help="replace an export in --onnx DIR made from another model")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision of the model run (default: fp32)")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="where the backend runs (default: cuda for ort-cuda and trt, cpu for the others)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,13 +135,14 @@ def _parser() -> argparse.ArgumentParser:
                        description="Validate each backend against eager PyTorch, then time prefill latency, "
                        "per-token decode latency with the state cache, tokens/s, peak memory and load time.")
     _add_common(p)
-    p.add_argument("--config", choices=list(PUBLISHED), help="a published Mamba size with random weights")
+    p.add_argument("--config", choices=list(PUBLISHED),
+                   help="a published Mamba-1 or Mamba-2 size with random weights, instead of MODEL")
     p.add_argument("--backends", default="torch,ort", help="comma-separated (default: torch,ort)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", choices=DTYPES, default="fp32")
     p.add_argument("--batch", type=_int_list, default=[1], help="comma-separated batch sizes (default: 1)")
     p.add_argument("--prompt-len", type=_int_list, default=[128], help="comma-separated (default: 128)")
-    p.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed per setting (default: 32)")
+    p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed per setting (default: 64)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--out", metavar="DIR", type=Path, default=Path("bench-results"),
@@ -237,7 +240,8 @@ def _cmd_validate(args) -> int:
     dtype = resolve_dtype(args.dtype)
     model = reference if dtype == reference.lm_head.weight.dtype else copy.deepcopy(reference).to(dtype)
     with _export_dir(args) as export_dir:
-        backend = open_backend(args.backend, model, export_dir=export_dir, overwrite=args.overwrite)
+        backend = open_backend(args.backend, model, export_dir=export_dir, overwrite=args.overwrite,
+                               device=args.device)
         with console.progress(args.decode_steps, "prefill + decode") as bar:
             report = validate(
                 backend, TorchBackend(reference, name="reference"), model_name=args.model,
@@ -270,7 +274,8 @@ def _cmd_generate(args) -> int:
     if not prompt_ids:
         raise MambaExportError("--prompt is empty")
     with _export_dir(args) as export_dir:
-        backend = open_backend(args.backend, model, export_dir=export_dir, overwrite=args.overwrite)
+        backend = open_backend(args.backend, model, export_dir=export_dir, overwrite=args.overwrite,
+                               device=args.device)
         stream = TextStream(tokenizer)
         sys.stdout.write(args.prompt)
         for token in generate(backend, prompt_ids, args.max_new_tokens, temperature=args.temperature,
