@@ -1,5 +1,6 @@
 """Building a TensorRT engine from an ONNX export, with the scan plugin (SelectiveScan for
-Mamba-1, SSDScan for Mamba-2) inside.
+Mamba-1, SSDScan for Mamba-2) inside; also from the export of any module that calls the
+selective scan (docs/custom-models.md).
 
 The network is strongly typed: every tensor keeps the type the ONNX graph gives it, so the
 precision is the export's (export in float16 / bfloat16 for a half-precision engine). Next
@@ -19,8 +20,17 @@ from typing import Callable
 from .. import console
 from ..errors import MambaExportError
 from ..loading import resolve_dtype
-from .compat import PLUGIN_NAMESPACE, PLUGIN_VERSION, describe, import_tensorrt, load_plugin, make_logger, scan_op
-from .profiles import Profiles, input_shapes
+from .compat import (
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    SCAN_OPS,
+    describe,
+    import_tensorrt,
+    load_plugin,
+    make_logger,
+    scan_op,
+)
+from .profiles import Profiles
 
 
 def sidecar_path(plan_path: str | os.PathLike) -> Path:
@@ -69,6 +79,14 @@ def require_tensorrt():
     return trt
 
 
+def scan_nodes(info: dict) -> tuple[str, int]:
+    """(op type, count) of an export's scan nodes, from its export.json: one per layer of a
+    language model (docs/export.md), one SelectiveScan per scan call of a module."""
+    if info.get("kind") == "module":
+        return SCAN_OPS["mamba1"], info["selective_scans"]
+    return scan_op(info), info["config"]["n_layer"]
+
+
 def _checked_export(onnx_path: Path, dtype) -> dict:
     from ..export.onnx_export import read_export_info  # not at import: it loads onnx
 
@@ -76,7 +94,7 @@ def _checked_export(onnx_path: Path, dtype) -> dict:
     if info.get("portable"):
         raise MambaExportError(
             f"{onnx_path} is a portable export (the scan as a Scan loop); export without --portable so that "
-            f"each scan is one mamba.{scan_op(info)} node for the plugin"
+            f"each scan is one mamba.{scan_nodes(info)[0]} node for the plugin"
         )
     want = resolve_dtype(dtype)
     if want is not None and str(want).removeprefix("torch.") != info["dtype"]:
@@ -184,8 +202,9 @@ def build_engine(
     """Builds ``plan_path`` from an export's model.onnx (or its directory); returns its path.
 
     profiles: batch and prefill-sequence ranges (default: batch 1..8, sequence 1..2048 at
-    128). dtype: if given ('fp16', ...), the export must be in it (precision comes from the
-    ONNX types). timing_cache: a file read if it exists and written back. workspace: the
+    128); a module export's engine has one profile over the batch range (the sequence range
+    must be the default). dtype: if given ('fp16', ...), the export must be in it (precision
+    comes from the ONNX types). timing_cache: a file read if it exists and written back. workspace: the
     limit of TensorRT's scratch memory in bytes. builder_config: called with TensorRT's
     IBuilderConfig before the build, for further settings (e.g. TensorRT-RTX's target compute
     capabilities). Existing files are kept unless ``overwrite``.
@@ -197,6 +216,7 @@ def build_engine(
     if not onnx_path.is_file():
         raise MambaExportError(f"{onnx_path}: no such file")
     info = _checked_export(onnx_path, dtype)
+    shapes = profiles.for_export(info)
     plan_path = Path(plan_path)
     check_plan_path(plan_path, overwrite)
     if workspace is not None and workspace < 1:
@@ -208,9 +228,8 @@ def build_engine(
     logger = make_logger(trt, verbose)
     started = time.perf_counter()
     log(f"Parsing {onnx_path} ({describe(trt)['product']} {trt.__version__}, plugin {library})")
-    # The export has one scan node per layer (docs/export.md).
-    op = scan_op(info)
-    builder, network, parser, _ = parse_network(trt, logger, onnx_path, info["config"]["n_layer"], op)
+    op, scans = scan_nodes(info)
+    builder, network, parser, _ = parse_network(trt, logger, onnx_path, scans, op)
 
     config = builder.create_builder_config()
     if workspace is not None:
@@ -220,15 +239,15 @@ def build_engine(
         config.progress_monitor = monitor
     cache = _timing_cache(trt, config, timing_cache, log)
     recorded = {}
-    for kind, (batch, sequence) in profiles.ranges().items():
+    for kind, (record, shapes_of) in shapes.items():
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
-            profile.set_shape(tensor.name, *input_shapes(tensor.name, tuple(tensor.shape), batch, sequence))
+            profile.set_shape(tensor.name, *shapes_of(tensor.name, tuple(tensor.shape)))
         index = config.add_optimization_profile(profile)
         if index < 0:
             raise MambaExportError(f"TensorRT refused the {kind} optimisation profile{logger.explain()}")
-        recorded[kind] = {"index": index, "batch": list(batch.as_tuple()), "sequence": list(sequence.as_tuple())}
+        recorded[kind] = {"index": index, **record}
 
     if builder_config is not None:
         builder_config(config)

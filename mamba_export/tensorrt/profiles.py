@@ -1,10 +1,13 @@
 """The engine's optimisation profiles: one for prefill (a range of sequence lengths) and one
 for decode (sequence 1), both over the same batch range. Every state input takes the
-profile's batch dimension; its other dimensions are fixed by the model."""
+profile's batch dimension; its other dimensions are fixed by the model. The export of any
+other module (docs/custom-models.md) gets one profile, over the batch alone."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Callable
 
 from ..errors import MambaExportError
 
@@ -59,6 +62,24 @@ class Profiles:
     def to_dict(self) -> dict:
         return {"batch": asdict(self.batch), "sequence": asdict(self.sequence)}
 
+    def for_export(self, info: dict) -> dict[str, tuple[dict, Callable]]:
+        """Profile name -> (what the engine's sidecar records of it, the function giving an
+        input's (min, opt, max) shapes from its name and dims), in index order, for the export
+        that ``info`` (its export.json) describes. A module export has the one profile
+        "module" over the batch range."""
+        if info.get("kind") == "module":
+            if self.sequence != DEFAULT_SEQUENCE:  # the CLI passes the default when no --*-seq is given
+                raise MambaExportError(
+                    "a module export's engine has one profile, over the batch: a sequence range "
+                    "(--min/--opt/--max-seq) does not apply"
+                )
+            return {"module": ({"batch": list(self.batch.as_tuple())}, partial(module_input_shapes, batch=self.batch))}
+        return {
+            kind: ({"batch": list(batch.as_tuple()), "sequence": list(sequence.as_tuple())},
+                   partial(input_shapes, batch=batch, sequence=sequence))
+            for kind, (batch, sequence) in self.ranges().items()
+        }  # fmt: skip
+
 
 def input_shapes(name: str, dims: tuple[int, ...], batch: ShapeRange, sequence: ShapeRange):
     """(min, opt, max) shapes of one graph input (docs/export.md): input_ids is [batch,
@@ -68,3 +89,16 @@ def input_shapes(name: str, dims: tuple[int, ...], batch: ShapeRange, sequence: 
     if len(dims) < 1 or any(d < 0 for d in dims[1:]):
         raise MambaExportError(f"graph input {name} has shape {list(dims)}; expected [batch, fixed sizes...]")
     return tuple((b, *dims[1:]) for b in batch.as_tuple())
+
+
+def module_input_shapes(name: str, dims: tuple[int, ...], batch: ShapeRange):
+    """(min, opt, max) shapes of one input of a module export (docs/custom-models.md): a
+    dynamic dim 0 is the batch; the other dimensions must be fixed by the export."""
+    if any(d < 0 for d in dims[1:]):
+        raise MambaExportError(
+            f"graph input {name} has shape {list(dims)}: a module's engine takes a dynamic batch (dim 0) only; "
+            "export without other dynamic dimensions"
+        )
+    if dims and dims[0] < 0:
+        return tuple((b, *dims[1:]) for b in batch.as_tuple())
+    return dims, dims, dims
