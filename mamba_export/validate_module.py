@@ -1,9 +1,10 @@
 """Validate the export of any nn.Module that calls a selective scan against eager PyTorch.
 
-The export (exported here unless the directory already holds it) runs in ONNX Runtime on
-random inputs shaped like the example inputs, at another batch size when the batch is
-dynamic; every output is compared with the eager module run in float32 (max abs / max
-relative error, tolerance by the exported dtype, as ``mamba-export validate`` does for LMs).
+The export (exported here unless the directory already holds it) runs in ONNX Runtime, or
+as a TensorRT engine built from it, on random inputs shaped like the example inputs, at
+another batch size when the batch is dynamic; every output is compared with the eager module
+run in float32 (max abs / max relative error, tolerance by the exported dtype, as
+``mamba-export validate`` does for LMs).
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ from torch.utils._pytree import tree_leaves
 
 from . import console
 from .errors import MambaExportError, MissingDependencyError
-from .export.module_export import as_input_tuple, export_module
+from .export.module_export import as_input_tuple, errors_as_one_line, export_module
 from .export.onnx_export import read_export_info
 from .intercept import route_scans
+from .tensorrt.profiles import ShapeRange
 from .validate import TOLERANCES, _max_abs_diff
 
 MODULE_BACKENDS = {
     "ort": "ONNX Runtime, CPU, with the mamba custom-op library",
     "ort-portable": "ONNX Runtime, CPU, standard ONNX ops only (no custom-op library)",
     "ort-cuda": "ONNX Runtime, CUDA execution provider, with the mamba custom-op library",
+    "trt": "TensorRT engine with the mamba plugin, CUDA (one profile over the batch, built into the export directory)",
 }
+# The trt engine's largest batch, in example batches, unless max_batch is given: room to run
+# the export at other batch sizes without rebuilding.
+MAX_BATCH_FACTOR = 4
 REFERENCES = {
     "routed": "eager float32, scans routed to mamba::selective_scan (its reference on the CPU)",
     "module": "eager float32, the module as written (its own scan functions must run on the CPU)",
@@ -110,6 +116,71 @@ def _session(export_dir: Path, backend: str):
     return ort_session(path, providers=providers)
 
 
+def engine_batch_range(example_batch: int, batch: int, max_batch: int | None = None) -> ShapeRange:
+    """The trt engine's batch range: 1 .. ``max_batch`` (default: MAX_BATCH_FACTOR x the
+    example's batch, at least ``batch``, the one run), tuned for the example's batch."""
+    high = max(MAX_BATCH_FACTOR * example_batch, batch) if max_batch is None else max_batch
+    if high < batch:
+        raise MambaExportError(f"max_batch {high} is below the batch run ({batch})")
+    return ShapeRange(1, min(example_batch, high), high).check("batch")
+
+
+def ensure_module_engine(export_dir: Path, batch: ShapeRange, overwrite: bool = False) -> Path:
+    """export_dir/model.plan, one profile over ``batch``: reused when built from the export in
+    ``export_dir`` with that range, else built (replacing another plan only if ``overwrite``)."""
+    from .tensorrt import Profiles, build_engine, read_engine_info
+
+    plan = export_dir / "model.plan"
+    if plan.is_file():
+        held = read_engine_info(plan)
+        wanted = {"module": {"index": 0, "batch": list(batch.as_tuple())}}
+        if held["export"] == read_export_info(export_dir) and held["profiles"] == wanted:
+            console.info(f"Using the engine {plan}")
+            return plan
+        if not overwrite:
+            raise MambaExportError(f"{plan} was built from another export or for another batch range than "
+                                   f"{batch.min}..{batch.max}; pass --overwrite to rebuild it")  # fmt: skip
+    return build_engine(export_dir, plan, profiles=Profiles(batch=batch), overwrite=True)
+
+
+def run_engine(plan: Path, info: dict, inputs) -> list[torch.Tensor]:
+    """One run of a module's engine on CUDA, bound as backends/trt_backend.py binds an LM's:
+    torch tensors by address, on torch's current stream. Returns the outputs on the CPU."""
+    from .tensorrt import import_tensorrt, load_plugin
+    from .tensorrt.compat import make_logger
+
+    trt = import_tensorrt()
+    load_plugin(trt)
+    logger = make_logger(trt)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(plan.read_bytes())
+    context = engine and engine.create_execution_context()
+    if context is None:
+        raise MambaExportError(f"TensorRT could not load {plan}{logger.explain()}")
+    device = torch.device("cuda", torch.cuda.current_device())
+    bound = [t.to(device).contiguous() for t in inputs]  # held until the run has finished
+    for meta, tensor in zip(info["inputs"], bound):
+        if not context.set_input_shape(meta["name"], tuple(tensor.shape)):
+            raise MambaExportError(f"the engine does not accept {meta['name']} of shape {list(tensor.shape)}"
+                                   f"{logger.explain()}")  # fmt: skip
+        context.set_tensor_address(meta["name"], tensor.data_ptr())
+    # The network is strongly typed: the engine's outputs have the export's types.
+    outputs = [torch.empty(tuple(context.get_tensor_shape(o["name"])), dtype=getattr(torch, o["dtype"]), device=device)
+               for o in info["outputs"]]  # fmt: skip
+    for meta, tensor in zip(info["outputs"], outputs):
+        context.set_tensor_address(meta["name"], tensor.data_ptr())
+    stream = torch.cuda.current_stream(device)
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise MambaExportError(f"TensorRT failed to run the engine{logger.explain()}")
+    stream.synchronize()
+    return [t.cpu() for t in outputs]
+
+
+def _run_session(session, info: dict, inputs) -> list[torch.Tensor]:
+    feeds = {i["name"]: t.numpy() for i, t in zip(info["inputs"], inputs)}
+    return [torch.from_numpy(a) for a in session.run([o["name"] for o in info["outputs"]], feeds)]
+
+
 def random_inputs(inputs, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
     """Normal noise of the inputs' shapes at ``batch``; non-floating inputs repeat the example's rows."""
     g = torch.Generator().manual_seed(seed)
@@ -132,23 +203,34 @@ def _eager_float32(module, inputs, reference: str) -> list[torch.Tensor]:
 
 
 def validate_module(module: torch.nn.Module, example_inputs, export_dir=None, *, backend: str = "ort",
-                    batch: int | None = None, seed: int = 0, reference: str = "routed", overwrite: bool = False,
-                    source: str | None = None, json_path=None) -> ModuleValidationReport:
+                    batch: int | None = None, max_batch: int | None = None, seed: int = 0,
+                    reference: str = "routed", overwrite: bool = False, source: str | None = None,
+                    json_path=None) -> ModuleValidationReport:
     """Exports ``module`` (unless ``export_dir`` holds its export) and compares ``backend`` with eager.
 
     ``batch``: the batch size run (default: the example's + 1 when the export's batch is
-    dynamic, to exercise it). ``reference``: "routed" (default) runs the eager module with
-    its scans routed to mamba::selective_scan, which runs anywhere; "module" runs it as
-    written. ``export_dir`` None: a temporary directory.
+    dynamic, to exercise it). ``max_batch`` (trt only): the engine's largest batch (default:
+    MAX_BATCH_FACTOR x the example's, at least ``batch``). ``reference``: "routed" (default)
+    runs the eager module with its scans routed to mamba::selective_scan, which runs
+    anywhere; "module" runs it as written. ``export_dir`` None: a temporary directory.
     """
     if backend not in MODULE_BACKENDS:
         raise MambaExportError(f"unknown backend '{backend}'; choose from {', '.join(MODULE_BACKENDS)}")
     if reference not in REFERENCES:
         raise MambaExportError(f"unknown reference '{reference}'; choose from {', '.join(REFERENCES)}")
+    if max_batch is not None and backend != "trt":
+        raise MambaExportError("max_batch (--max-batch) bounds the trt engine's batch; other backends take any batch")
+    if backend == "trt":  # before an export and a build are spent on it
+        from .backends.factory import backend_unavailable
+
+        reason = backend_unavailable("trt")
+        if reason:
+            raise MissingDependencyError(f"backend trt: {reason}")
     inputs = as_input_tuple(example_inputs)
-    if any(t.dtype == torch.bfloat16 for t in inputs):  # numpy, hence ORT's Python feeds, has no bfloat16
+    # numpy, hence ORT's Python feeds, has no bfloat16; the trt backend binds torch tensors.
+    if backend != "trt" and any(t.dtype == torch.bfloat16 for t in inputs):
         raise MambaExportError("bfloat16 inputs cannot be fed to ONNX Runtime from Python; validate in float16 "
-                               "or float32")  # fmt: skip
+                               "or float32, or with the trt backend")  # fmt: skip
     source = source or f"{type(module).__module__}.{type(module).__qualname__}"
     with contextlib.ExitStack() as stack:
         if export_dir is None:
@@ -162,11 +244,15 @@ def validate_module(module: torch.nn.Module, example_inputs, export_dir=None, *,
         if batch < 1:
             raise MambaExportError(f"batch must be at least 1, got {batch}")
         run_inputs = random_inputs(inputs, batch, seed)
+        if backend == "trt":
+            plan = ensure_module_engine(export_dir, engine_batch_range(example_batch, batch, max_batch), overwrite)
         with console.step(f"Running {backend} and eager PyTorch at batch {batch}"):
-            session = _session(export_dir, backend)
-            feeds = {i["name"]: t.numpy() for i, t in zip(info["inputs"], run_inputs)}
-            got = [torch.from_numpy(a) for a in session.run([o["name"] for o in info["outputs"]], feeds)]
-            expected = _eager_float32(module, run_inputs, reference)
+            session = None if backend == "trt" else _session(export_dir, backend)
+            # Inputs the model cannot take (e.g. ids past an embedding) fail here, not in tracing.
+            with errors_as_one_line(f"{backend} failed on the inputs"):
+                got = run_engine(plan, info, run_inputs) if session is None else _run_session(session, info, run_inputs)
+            with errors_as_one_line("the eager module failed on the inputs"):
+                expected = _eager_float32(module, run_inputs, reference)
     if len(got) != len(expected):
         raise MambaExportError(f"the export has {len(got)} outputs, the eager module returns {len(expected)} tensors")
     tolerance = TOLERANCES.get(info["dtype"], TOLERANCES["float32"])[0]
@@ -195,6 +281,65 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+INPUT_DTYPES = ("float32", "float16", "int64", "int32", "bool")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How ``validate --entry`` draws one random input: normal noise for a floating type,
+    integers uniform in [low, high) (ids below a vocabulary size, class labels ...), 0 or 1
+    for bool."""
+
+    dtype: torch.dtype
+    low: int | None = None
+    high: int | None = None
+
+    def draw(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        if self.dtype.is_floating_point:
+            return torch.randn(shape, generator=generator).to(self.dtype)
+        if self.dtype == torch.bool:
+            return torch.randint(0, 2, shape, generator=generator).bool()
+        return torch.randint(self.low, self.high, shape, generator=generator, dtype=self.dtype)
+
+
+def _input_dtype(text: str) -> InputSpec:
+    name, *bounds = text.split(":")
+    if name not in INPUT_DTYPES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(INPUT_DTYPES)} (integers as TYPE:LOW:HIGH), "
+                                         f"got '{text}'")  # fmt: skip
+    dtype = getattr(torch, name)
+    if dtype.is_floating_point or dtype == torch.bool:
+        if bounds:
+            raise argparse.ArgumentTypeError(f"a value range is for integer types; {name} inputs are "
+                                             f"{'normal noise' if dtype.is_floating_point else '0 or 1'}")  # fmt: skip
+        return InputSpec(dtype)
+    # No default range: whatever the integers index (an embedding, a table), only the user knows its size.
+    usage = f"{name}:LOW:HIGH with integers LOW < HIGH, values LOW <= v < HIGH (e.g. {name}:0:1000 for ids below 1000)"
+    if not bounds:
+        raise argparse.ArgumentTypeError(f"{name} needs a value range: {usage}")
+    try:
+        low, high = map(int, bounds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {usage}, got '{text}'") from None
+    if low >= high:
+        raise argparse.ArgumentTypeError(f"expected {usage}, got '{text}'")
+    return InputSpec(dtype, low, high)
+
+
+def example_inputs(shapes: list[tuple[int, ...]], specs: list[InputSpec], default: torch.dtype, seed: int):
+    """The random example inputs of ``validate --entry``: ``specs`` one per shape, or one for
+    every shape, or none (normal noise of type ``default``)."""
+    if len(specs) not in (0, 1, len(shapes)):
+        raise MambaExportError(f"give --input-dtype once (for every input) or once per --input-shape ({len(shapes)}), "
+                               f"not {len(specs)} times")  # fmt: skip
+    batches = sorted({shape[0] for shape in shapes})
+    if len(batches) > 1:
+        raise MambaExportError(f"--input-shape: dim 0 is the batch, the same for every input; got {batches}")
+    specs = specs * len(shapes) if len(specs) == 1 else specs or [InputSpec(default)] * len(shapes)
+    g = torch.Generator().manual_seed(seed)
+    return tuple(spec.draw(shape, g) for shape, spec in zip(shapes, specs))
+
+
 def add_module_validate_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mamba-export validate --entry`` (any nn.Module; docs/custom-models.md)."""
     g = parser.add_argument_group("any PyTorch model (instead of MODEL; docs/custom-models.md)")
@@ -202,8 +347,14 @@ def add_module_validate_arguments(parser: argparse.ArgumentParser) -> None:
                    help="validate the nn.Module that FACTORY() returns, e.g. my_pkg.models:build_model")
     g.add_argument("--input-shape", metavar="D0,D1,...", type=_shape, action="append",
                    help="shape of one input of forward, repeated per input in order; dim 0 is the batch")
-    g.add_argument("--input-dtype", choices=["float32", "float16"],
-                   help="type of the random inputs (default: that of --dtype)")
+    g.add_argument("--input-dtype", metavar="TYPE[:LOW:HIGH]", type=_input_dtype, action="append", default=[],
+                   help=f"type of the random input of the same position, repeated per input like --input-shape (once: "
+                   f"every input): {', '.join(INPUT_DTYPES)}; floats are normal noise, integers uniform in [LOW, "
+                   f"HIGH), required for them (int64:0:50277 for token ids), bool 0 or 1 (default: the float "
+                   f"type of --dtype)")
+    g.add_argument("--max-batch", type=int, metavar="N",
+                   help=f"--backend trt: the engine's largest batch; its profile is 1 .. N, tuned for the example's "
+                   f"batch (default: {MAX_BATCH_FACTOR} x the example's batch)")
     g.add_argument("--reference", choices=list(REFERENCES), default="routed",
                    help="; ".join(f"{k}: {v}" for k, v in REFERENCES.items()) + " (default: routed)")
 
@@ -220,15 +371,13 @@ def run_module_validate(args: argparse.Namespace) -> int:
     if args.backend not in MODULE_BACKENDS:
         raise MambaExportError(f"--entry: --backend must be one of {', '.join(MODULE_BACKENDS)}")
     dtype = resolve_dtype(args.dtype) or torch.float32
-    input_dtype = getattr(torch, args.input_dtype) if args.input_dtype else dtype
+    inputs = example_inputs(args.input_shape, args.input_dtype, dtype, args.seed)
     with console.step(f"Loading {args.entry}"):
         module = load_entry_point(args.entry).to(dtype)
-    g = torch.Generator().manual_seed(args.seed)
-    inputs = tuple(torch.randn(shape, generator=g).to(input_dtype) for shape in args.input_shape)
     if args.onnx is None:
         console.info("Exporting to a temporary directory (pass --onnx DIR to keep the export)")
-    report = validate_module(module, inputs, args.onnx, backend=args.backend, seed=args.seed,
-                             reference=args.reference, overwrite=args.overwrite, source=args.entry,
+    report = validate_module(module, inputs, args.onnx, backend=args.backend, max_batch=args.max_batch,
+                             seed=args.seed, reference=args.reference, overwrite=args.overwrite, source=args.entry,
                              json_path=args.json)  # fmt: skip
     print(report.table())
     return 0 if report.passed else 1

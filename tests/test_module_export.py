@@ -2,14 +2,16 @@
 models importing mamba_ssm's scan through the shim, a transformers MambaMixer, a registered
 function of the user's own; one mamba.SelectiveScan node per scan call, dynamic batch, ONNX
 Runtime (custom-op library and portable form) against eager; the adapters against independent
-references; routing and restoring; entry points and the validate command's functions."""
+references; routing and restoring; entry points; `mamba-export validate --entry` through the
+command line's main (per-input types, one-line errors, the trt backend); TensorRT engines of
+module exports where TensorRT or TensorRT-RTX imports, run where a GPU takes them."""
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -30,8 +32,11 @@ from transformers.models.mamba import modeling_mamba
 from transformers.models.mamba.modeling_mamba import MambaMixer
 
 import mamba_export
-from mamba_export.entry_point import load_entry_point
 from mamba_export import export_onnx
+from mamba_export.backends.factory import backend_unavailable
+from mamba_export.cli import main
+from mamba_export.entry_point import load_entry_point
+from mamba_export.errors import MambaExportError, MissingDependencyError
 from mamba_export.export.portable import make_portable
 from mamba_export.intercept import (
     UnsupportedScanError,
@@ -42,7 +47,16 @@ from mamba_export.intercept import (
     uninstall_mamba_ssm_shim,
     unregister_scan_function,
 )
-from mamba_export.validate_module import add_module_validate_arguments, run_module_validate, validate_module
+from mamba_export.tensorrt import Profiles, ShapeRange, build_engine, import_tensorrt, load_plugin, read_engine_info
+from mamba_export.tensorrt.build import parse_network
+from mamba_export.tensorrt.compat import make_logger
+from mamba_export.validate_module import (
+    InputSpec,
+    engine_batch_range,
+    ensure_module_engine,
+    example_inputs,
+    validate_module,
+)
 
 # Imported like user code does. The shim is removed again so that no other test module sees
 # a mamba_ssm (transformers would pick it up as its kernel package).
@@ -609,6 +623,7 @@ def entry_package(tmp_path, monkeypatch):
     yield
     for name in ("acme_models", "acme_broken"):
         sys.modules.pop(name, None)
+    uninstall_mamba_ssm_shim()  # load_entry_point installed it; other test modules must not see a mamba_ssm
 
 
 def test_entry_points_load_or_fail_clearly(entry_package):
@@ -675,25 +690,17 @@ def build():
 '''
 
 CLEAN_RUN = '''
-import argparse, sys
+import sys
 assert "mamba_ssm" not in sys.modules
 try:
     import mamba_ssm
     raise SystemExit("mamba_ssm is installed: this test is for machines without it")
 except ModuleNotFoundError:
     pass
-from mamba_export.validate_module import add_module_validate_arguments, run_module_validate
-parser = argparse.ArgumentParser()
-parser.add_argument("model", nargs="?")
-for flag, default in (("--backend", "ort"), ("--onnx", None), ("--dtype", "fp32"), ("--json", None)):
-    parser.add_argument(flag, default=default)
-parser.add_argument("--overwrite", action="store_true")
-parser.add_argument("--seed", type=int, default=0)
-add_module_validate_arguments(parser)
+from mamba_export.cli import main
 status = 0
 for form in ("ort", "ort-portable"):
-    argv = [*sys.argv[1:], "--backend", form, "--onnx", form, "--json", form + ".json"]
-    status = status or run_module_validate(parser.parse_args(argv))
+    status = status or main(["validate", *sys.argv[1:], "--backend", form, "--onnx", form, "--json", form + ".json"])
 import mamba_ssm.ops.selective_scan_interface as interface, mamba_export.intercept as intercept
 assert interface.selective_scan_fn is intercept.selective_scan_fn
 try:
@@ -708,7 +715,7 @@ sys.exit(status)
 @pytest.fixture(scope="module")
 def shim_run(tmp_path_factory):
     """A clean interpreter (pristine sys.modules) running the user's file, which imports mamba_ssm,
-    through the validate command's functions with --entry. Started before the in-process exports
+    through `mamba-export validate --entry`. Started before the in-process exports
     so that it runs alongside them."""
     work = tmp_path_factory.mktemp("shim")
     (work / "user_model.py").write_text(USER_MODEL)
@@ -739,22 +746,191 @@ def test_shim_lets_unmodified_user_code_export_and_validate(shim_run):
     assert not [n for n in onnx.load(str(work / "ort-portable" / "model.onnx")).graph.node if n.domain == "mamba"]
 
 
-def test_module_validate_arguments_refuse_bad_combinations():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("model", nargs="?")
-    parser.add_argument("--backend", default="ort")
-    for flag in ("--onnx", "--json", "--dtype"):
-        parser.add_argument(flag)
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    add_module_validate_arguments(parser)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--entry", "a:b", "--input-shape", "1,x"])
-    cases = {
-        ("MODEL", "--entry", "a:b", "--input-shape", "1,2"): "not both",
-        ("--entry", "a:b"): "needs --input-shape",
-        ("--entry", "a:b", "--input-shape", "1,2", "--backend", "torch"): "--backend must be one of",
-    }
-    for argv, message in cases.items():
-        with pytest.raises(mamba_export.MambaExportError, match=message):
-            run_module_validate(parser.parse_args(list(argv)))
+# -- `mamba-export validate --entry` through the command line's main -----------------------------------------
+
+VISION = ("--entry", "module_models:build_vision", "--input-shape", "1,3,16,12")
+TAGGER_INPUTS = ("--input-shape", "2,9", "--input-dtype", "int64:0:50", "--input-shape", "2,9,4", "--input-dtype",
+                 "float32")  # fmt: skip
+
+
+@pytest.fixture
+def cli(capsys):
+    """main(argv) -> (exit status, stdout, stderr), for models of tests/module_models.py."""
+
+    def run(*argv):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    uninstall_mamba_ssm_shim()  # validate --entry installed it; other test modules must not see a mamba_ssm
+
+
+def test_cli_validates_a_vision_model_from_its_entry_point(cli, tmp_path):
+    code, out, err = cli("validate", *VISION, "--onnx", str(tmp_path / "onnx"), "--json", str(tmp_path / "r.json"))
+    assert code == 0, err
+    assert "ort vs eager PyTorch" in out and "PASSED" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] and report["model"] == "module_models:build_vision" and report["backend"] == "ort"
+    assert report["batch"] == 2 and [o["shape"] for o in report["outputs"]] == [[2, 5]]
+    assert report["outputs"][0]["max_rel_err"] < 1e-4
+    assert len(scan_nodes(onnx.load(str(tmp_path / "onnx" / "model.onnx")))) == 2  # forwards and backwards
+
+
+def test_cli_validates_integer_ids_with_per_input_dtypes(cli, tmp_path):
+    code, _, err = cli("validate", "--entry", "module_models:build_tagger", *TAGGER_INPUTS, "--onnx",
+                       str(tmp_path / "onnx"), "--json", str(tmp_path / "r.json"))  # fmt: skip
+    assert code == 0, err
+    info = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert info["inputs"] == [{"name": "input_ids", "shape": ["batch", 9], "dtype": "int64"},
+                              {"name": "features", "shape": ["batch", 9, 4], "dtype": "float32"}]  # fmt: skip
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] and report["batch"] == 3 and report["outputs"][0]["shape"] == [3, 9, 3]
+
+
+def test_input_specs_draw_their_types_and_ranges():
+    shapes = [(4, 500), (4, 500), (4, 3), (4, 50)]
+    specs = [InputSpec(torch.int64, 3, 7), InputSpec(torch.int32, -2, 0), InputSpec(torch.float16),
+             InputSpec(torch.bool)]  # fmt: skip
+    ids, negative, noise, mask = example_inputs(shapes, specs, torch.float32, seed=1)
+    assert ids.dtype == torch.int64 and set(ids.unique().tolist()) == {3, 4, 5, 6}  # LOW <= v < HIGH, all drawn
+    assert negative.dtype == torch.int32 and set(negative.unique().tolist()) == {-2, -1}
+    assert noise.dtype == torch.float16 and noise.shape == (4, 3) and noise.float().std() > 0.1
+    assert mask.dtype == torch.bool and mask.any() and not mask.all()
+    again = example_inputs(shapes, specs, torch.float32, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(again, (ids, negative, noise, mask)))  # the seed decides
+    once = example_inputs([(2, 3), (2, 5)], [InputSpec(torch.float16)], torch.float32, seed=0)  # once: every input
+    assert [t.dtype for t in once] == [torch.float16, torch.float16]
+    assert [t.dtype for t in example_inputs([(2, 3)], [], torch.float16, seed=0)] == [torch.float16]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("int64", "int64 needs a value range: int64:LOW:HIGH"),
+    ("int32:5:5", "expected int32:LOW:HIGH with integers LOW < HIGH"),
+    ("int64:a:9", "expected int64:LOW:HIGH"),
+    ("int64:1:2:3", "expected int64:LOW:HIGH"),
+    ("float32:0:1", "a value range is for integer types; float32 inputs are normal noise"),
+    ("bool:0:1", "a value range is for integer types; bool inputs are 0 or 1"),
+    ("complex64", "expected one of float32, float16, int64, int32, bool"),
+])  # fmt: skip
+def test_cli_refuses_bad_input_dtypes(capsys, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", *VISION, "--input-dtype", value])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"mamba-export validate: error: argument --input-dtype: "
+                                                               f"{message}")  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--entry", "module_models:missing", "--input-shape", "1,3,16,12"), "module_models has no attribute 'missing'"),
+    (("--entry", "acme_absent_xyz:build", "--input-shape", "1,3,16,12"), "no module named 'acme_absent_xyz'"),
+    (("--entry", "module_models:build_vision", "--input-shape", "1,3,16"),
+     "torch.export cannot trace module_models:build_vision: "),
+    (("--entry", "module_models:build_tagger", "--input-shape", "2,9", "--input-dtype", "int64:0:50"),
+     "torch.export cannot trace module_models:build_tagger: "),  # forward takes two inputs
+    (("--entry", "module_models:build_tagger", "--input-shape", "2,9", "--input-shape", "3,9,4"),
+     "--input-shape: dim 0 is the batch, the same for every input; got [2, 3]"),
+    (("--entry", "module_models:build_tagger", *TAGGER_INPUTS, "--input-dtype", "float32"),
+     "give --input-dtype once (for every input) or once per --input-shape (2), not 3 times"),
+    (("--entry", "module_models:build_tagger", "--input-shape", "2,9", "--input-dtype", "int64:50:60",
+      "--input-shape", "2,9,4", "--input-dtype", "float32"), "ort failed on the inputs: "),  # past the 50 embeddings
+    ((*VISION, "--max-batch", "8"), "max_batch (--max-batch) bounds the trt engine's batch"),
+    (("MODEL", *VISION), "give MODEL or --entry, not both"),
+    (("--entry", "module_models:build_vision"), "--entry needs --input-shape"),
+    ((*VISION, "--backend", "torch"), "--entry: --backend must be one of ort, ort-portable, ort-cuda, trt"),
+])  # fmt: skip
+def test_cli_errors_are_one_line(cli, argv, message):
+    code, out, err = cli("validate", *argv, "-q")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and err.startswith("mamba-export validate: error: ") and message in err, err
+
+
+def test_engine_batch_range_is_tuned_for_the_example():
+    assert engine_batch_range(2, 3) == ShapeRange(1, 2, 8)  # MAX_BATCH_FACTOR x the example's batch
+    assert engine_batch_range(1, 2) == ShapeRange(1, 1, 4)
+    assert engine_batch_range(2, 9) == ShapeRange(1, 2, 9)  # at least the batch run
+    assert engine_batch_range(2, 3, 16) == ShapeRange(1, 2, 16)
+    assert engine_batch_range(4, 1, 2) == ShapeRange(1, 2, 2)
+    with pytest.raises(MambaExportError, match="max_batch 2 is below the batch run"):
+        engine_batch_range(2, 3, 2)
+
+
+def test_module_exports_refused_by_build_engine_before_tensorrt(cli, exported, tmp_path):
+    path = exported["vim"][1]
+    with pytest.raises(MambaExportError, match=r"one profile, over the batch: a sequence range \(--min/--opt/--max-seq"):
+        build_engine(path.parent, tmp_path / "m.plan", profiles=Profiles(sequence=ShapeRange(1, 8, 32)))
+    code, _, err = cli("build-engine", str(path.parent), "-o", str(tmp_path / "m.plan"), "--max-seq", "16", "-q")
+    assert code == 2 and "a sequence range (--min/--opt/--max-seq) does not apply" in err
+    portable = export_onnx(CrossScan2D().eval(), torch.randn(2, 3, 8, 8), tmp_path / "portable", portable=True)
+    with pytest.raises(MambaExportError, match="is a portable export .* each scan is one mamba.SelectiveScan node"):
+        build_engine(portable, tmp_path / "m.plan")
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_cli_trt_says_why_it_cannot_run_before_exporting(cli, tmp_path):
+    reason = backend_unavailable("trt")
+    if reason is None:
+        pytest.skip("the trt backend runs here: test_trt_backend_matches_eager_for_modules covers it")
+    code, out, err = cli("validate", *VISION, "--backend", "trt", "--onnx", str(tmp_path / "onnx"), "-q")
+    assert (code, out) == (2, "") and err == f"mamba-export validate: error: backend trt: {reason}\n"
+    assert not (tmp_path / "onnx").exists(), "nothing is exported for a backend that cannot run"
+
+
+# -- TensorRT engines of module exports (TensorRT or TensorRT-RTX importable; not in CI) -------------------------
+
+
+@pytest.fixture(scope="module")
+def trt():
+    try:
+        module = import_tensorrt()
+        load_plugin(module)
+    except MissingDependencyError as e:
+        pytest.skip(f"no TensorRT builder with the plugin here: {e}")
+    return module
+
+
+def test_module_export_parses_with_the_plugin_and_builds_one_profile(trt, exported, tmp_path):
+    export_dir = Path(shutil.copytree(exported["vim"][1].parent, tmp_path / "vim"))
+    _, _, _, layers = parse_network(trt, make_logger(trt), export_dir / "model.onnx", 2, "SelectiveScan")
+    assert [layer.name for layer in layers] == [n.name for n in scan_nodes(onnx.load(str(export_dir / "model.onnx")))]
+    for layer in layers:  # y [batch, d_inner, L] float32 and final_state [batch, d_inner, N] float32; L = 4 x 4 patches
+        y, state = layer.get_output(0), layer.get_output(1)
+        assert (tuple(y.shape), tuple(state.shape)) == ((-1, 32, 16), (-1, 32, 4))
+        assert (y.dtype, state.dtype) == (trt.float32, trt.float32)
+    batch = engine_batch_range(2, 3)  # the vim example's batch is 2
+    plan = ensure_module_engine(export_dir, batch)
+    assert plan == export_dir / "model.plan" and b"SelectiveScan" in plan.read_bytes()
+    info = read_engine_info(plan)
+    assert info["profiles"] == {"module": {"index": 0, "batch": [1, 2, 8]}}
+    assert info["export"] == json.loads((export_dir / "export.json").read_text())
+    assert info["plugin"] == {"name": "SelectiveScan", "version": "1", "namespace": ""}
+    built = plan.stat().st_mtime_ns
+    assert ensure_module_engine(export_dir, batch) == plan and plan.stat().st_mtime_ns == built  # reused
+    with pytest.raises(MambaExportError, match=r"another batch range than 1\.\.16; pass --overwrite"):
+        ensure_module_engine(export_dir, engine_batch_range(2, 3, 16))
+    ensure_module_engine(export_dir, engine_batch_range(2, 3, 16), overwrite=True)
+    assert read_engine_info(plan)["profiles"]["module"]["batch"] == [1, 2, 16]
+
+
+def test_cli_builds_an_engine_for_a_module_with_integer_inputs(trt, cli, tmp_path):
+    model = load_entry_point("module_models:build_tagger")
+    export_onnx(model, (torch.randint(0, 50, (1, 9)), torch.randn(1, 9, 4)), tmp_path / "tagger")
+    plan = tmp_path / "tagger.plan"
+    code, out, err = cli("build-engine", str(tmp_path / "tagger"), "-o", str(plan), "--max-batch", "4", "-q")
+    assert code == 0 and out.strip() == str(plan), err
+    assert read_engine_info(plan)["profiles"] == {"module": {"index": 0, "batch": [1, 1, 4]}}
+
+
+def test_trt_backend_matches_eager_for_modules(trt, cli, tmp_path):
+    reason = backend_unavailable("trt")
+    if reason is not None:
+        pytest.skip(f"running an engine needs a GPU TensorRT runs on: {reason}")
+    code, out, err = cli("validate", "--entry", "module_models:build_tagger", *TAGGER_INPUTS, "--backend", "trt",
+                         "--onnx", str(tmp_path / "tagger"), "--json", str(tmp_path / "r.json"))  # fmt: skip
+    assert code == 0, out + err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] and report["backend"] == "trt" and report["batch"] == 3
+    assert read_engine_info(tmp_path / "tagger" / "model.plan")["profiles"]["module"]["batch"] == [1, 2, 8]
+    model = perturbed(BidirectionalPatchMamba())
+    report = validate_module(model, torch.randn(2, 3, 16, 16), tmp_path / "vim", backend="trt", max_batch=5)
+    assert report.passed and report.batch == 3, report.table()

@@ -8,6 +8,7 @@ version, portable form) are the language-model export's (onnx_export.py).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import os
@@ -77,15 +78,22 @@ def _batch_shapes(inputs: tuple[torch.Tensor, ...]):
     return inputs, tuple({0: batch} if t.dim() else None for t in inputs)
 
 
-def _trace(module: torch.nn.Module, inputs, dynamic_shapes, source: str) -> torch.export.ExportedProgram:
+@contextlib.contextmanager
+def errors_as_one_line(what: str):
+    """Any error but a MambaExportError becomes one: ``what``, the error's type and the first
+    line of its message (torch.export's and ONNX Runtime's run long); the cause stays chained."""
     try:
-        with route_scans(module):
-            return torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes, strict=False)
+        yield
     except MambaExportError:
         raise
-    except Exception as e:  # torch.export's own messages are long; the cause stays chained
+    except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
-        raise MambaExportError(f"torch.export cannot trace {source}: {type(e).__name__}: {first}") from e
+        raise MambaExportError(f"{what}: {type(e).__name__}: {first}") from e
+
+
+def _trace(module: torch.nn.Module, inputs, dynamic_shapes, source: str) -> torch.export.ExportedProgram:
+    with errors_as_one_line(f"torch.export cannot trace {source}"), route_scans(module):
+        return torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes, strict=False)
 
 
 def _value_info(v: onnx.ValueInfoProto) -> dict:
