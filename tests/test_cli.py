@@ -163,7 +163,10 @@ def paths(shipped_export, tmp_path):
     corrupt = tmp_path / "corrupt"
     shutil.copytree(shipped_export[2], corrupt)
     (corrupt / "model.onnx").write_bytes(b"not a protobuf")
-    return {"FILE": a_file, "CORRUPT": corrupt, "OUT": tmp_path / "out"}
+    bad_info = tmp_path / "bad_info"
+    shutil.copytree(shipped_export[2], bad_info)
+    (bad_info / "export.json").write_text('{"source": ')
+    return {"FILE": a_file, "CORRUPT": corrupt, "BAD_INFO": bad_info, "OUT": tmp_path / "out"}
 
 
 BAD_INPUT = {
@@ -178,6 +181,7 @@ BAD_INPUT = {
     "opset too old": (["export", "-o", "OUT", "--opset", "17"], "--opset must be between 18 and"),
     "corrupt model.onnx": (["validate", "--onnx", "CORRUPT"],
                            "ONNX Runtime cannot load CORRUPT/model.onnx: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF"),
+    "corrupt export.json": (["validate", "--onnx", "BAD_INFO"], "BAD_INFO/export.json: not valid JSON"),
     "no new tokens": (["generate", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     "negative temperature": (["generate", "--prompt", "x", "--temperature", "-1"], "--temperature must be 0"),
     "bad device": (["validate", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),

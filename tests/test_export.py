@@ -257,3 +257,10 @@ def test_exported_graph_infers_scan_shapes(exports):
     shapes = inferred(proto)
     for i in range(CONFIG.n_layer):
         assert shapes[f"present_ssm_state.{i}"] == (F32, ["batch", CONFIG.d_inner, CONFIG.d_state])
+
+
+def test_export_json_records_the_opset_written(model, tmp_path):
+    """torch's exporter writes its lowest opset (18) when asked for less: export.json says what is in the file."""
+    path = export_onnx(model, tmp_path, opset=17)
+    written = {o.domain: o.version for o in onnx.load(str(path)).opset_import}
+    assert json.loads((tmp_path / "export.json").read_text())["opset"] == written[""] >= 18

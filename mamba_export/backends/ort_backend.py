@@ -69,10 +69,8 @@ class OrtBackend:
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         elif self.device.type != "cpu":
             raise MambaExportError(f"backend {name} runs on the CPU or CUDA, not on {self.device}")
-        if self.info["portable"]:  # standard ops only: no custom-op library needed
-            self.session = ort.InferenceSession(str(path), session_options, providers=providers)
-        else:
-            self.session = ort_session(path, providers=providers, session_options=session_options)
+        self.session = ort_session(path, providers=providers, session_options=session_options,
+                                   custom_ops=not self.info["portable"])
         if self.device.type == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise MissingDependencyError(f"backend {name}: onnxruntime could not start its CUDA execution "
                                          "provider (its warning above says why, e.g. missing CUDA or cuDNN libraries)")

@@ -203,6 +203,8 @@ def write_export(out_dir: Path, program, info: dict, metadata_keys, started: flo
         path = Path(scratch) / "model.onnx"
         program.save(str(path), external_data=info["external_data"])
         proto = onnx.load(str(path), load_external_data=False)  # weights stay where they are
+        # What was written: torch's exporter raises an opset below its lowest without a word.
+        info["opset"] = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
         if describe is not None:
             info.update(describe(proto))
         proto = _finish(proto, info["portable"], {k: info[k] for k in metadata_keys})
@@ -220,4 +222,16 @@ def read_export_info(out_dir: str | os.PathLike) -> dict:
     path = Path(out_dir) / "export.json"
     if not path.is_file():
         raise MambaExportError(f"{out_dir}: no export.json (not a mamba_export export directory)")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MambaExportError(f"{path}: not valid JSON ({e}); export again with --overwrite") from None
+    missing = [key for key in _INFO_KEYS if not isinstance(info, dict) or key not in info]
+    if missing:
+        raise MambaExportError(f"{path}: missing {', '.join(missing)} (not written by mamba_export); "
+                               "export again with --overwrite")  # fmt: skip
+    return info
+
+
+# What the backends read from every export.json, language model or module.
+_INFO_KEYS = ("source", "dtype", "portable", "inputs", "outputs")

@@ -27,7 +27,7 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_options=None):
+def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_options=None, custom_ops=True):
     """An ``onnxruntime.InferenceSession`` for a model using the ``mamba`` ops.
 
     onnx_path: a model file (or its serialized bytes). providers: ORT execution providers,
@@ -37,15 +37,17 @@ def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_op
     to use; the custom-op library is registered on it (once, however often it is passed).
     ORT's defaults apply otherwise (all graph optimisations, its own thread count).
     A model ORT cannot load (missing, not ONNX, an invalid graph) raises MambaExportError.
+    custom_ops=False: a portable export, which needs no library (nor its build).
     """
     ort = import_onnxruntime()
-    library = custom_op_library()
     options = session_options if session_options is not None else ort.SessionOptions()
-    try:
-        options.get_session_config_entry(_REGISTERED_KEY)
-    except RuntimeError:  # not registered on these options yet
-        options.register_custom_ops_library(library)
-        options.add_session_config_entry(_REGISTERED_KEY, library)
+    if custom_ops:
+        library = custom_op_library()
+        try:
+            options.get_session_config_entry(_REGISTERED_KEY)
+        except RuntimeError:  # not registered on these options yet
+            options.register_custom_ops_library(library)
+            options.add_session_config_entry(_REGISTERED_KEY, library)
     model = onnx_path if isinstance(onnx_path, bytes) else os.fspath(onnx_path)
     try:
         return ort.InferenceSession(model, sess_options=options, providers=providers or ["CPUExecutionProvider"])
