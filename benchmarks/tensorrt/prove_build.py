@@ -12,9 +12,11 @@ the engine, validate it against eager PyTorch.
 
 TensorRT comes through mamba_export's compat import: `tensorrt`, else TensorRT-RTX's
 `tensorrt_rtx_bindings`. TensorRT-RTX 1.7 has no Hopper target: on an H100 its default build
-(for the current GPU) is expected to fail, so a failed default build is retried for
---rtx-target (default SM89), and the runtime is expected to refuse the engine. Every step is
-recorded as it happened.
+(for the current GPU) is expected to fail and its runtime to refuse engines. The probe engine
+of mamba_export.tensorrt (build_unavailable, run_unavailable; what the tests and --backend trt
+go by) is asked first and recorded; where it says default builds fail, TensorRT-RTX builds for
+--rtx-target (default SM89) instead, as it also does after a failed default build. Every step
+is recorded as it happened.
 
 Prints a table (step, ok/failed/skipped, detail) and writes $OUT/prove_build.json
 (OUT defaults to ./out). Exit status 0 when every engine was built and serialized.
@@ -44,6 +46,7 @@ from mamba_export.bench import random_model  # noqa: E402
 from mamba_export.export.onnx_export import export_onnx  # noqa: E402
 from mamba_export.models import Mamba1Config, Mamba2Config, build_model  # noqa: E402
 from mamba_export.tensorrt import Profiles, ShapeRange, build_engine, import_tensorrt, load_plugin  # noqa: E402
+from mamba_export.tensorrt import build_unavailable, run_unavailable  # noqa: E402
 from mamba_export.tensorrt.build import parse_network, sidecar_path  # noqa: E402
 from mamba_export.tensorrt.compat import PLUGIN_NAMESPACE, PLUGIN_VERSION, SCAN_OPS, describe, make_logger  # noqa: E402
 from mamba_export.validate import TOLERANCES, compare  # noqa: E402
@@ -155,7 +158,8 @@ def rtx_target(trt, name: str):
     return configure
 
 
-def prove_model(rec: Record, trt, tag: str, make_model, dtype: str, work: Path, out: Path, rtx_target_name: str):
+def prove_model(rec: Record, trt, tag: str, make_model, dtype: str, work: Path, out: Path, rtx_target_name: str,
+                cannot_build: str | None):
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     name = f"{tag} {dtype}"
     export_dir, plan = work / f"{tag}-{dtype}", work / f"{tag}-{dtype}" / "model.plan"
@@ -170,11 +174,15 @@ def prove_model(rec: Record, trt, tag: str, make_model, dtype: str, work: Path, 
 
     cache = out / "timing.cache"
     built = f"{name}: build + serialize (build_engine)"
-    with rec.step(built) as s:
-        build_engine(export_dir, plan, profiles=PROFILES, timing_cache=cache, log=print)
-        profiles = json.loads(sidecar_path(plan).read_text())["profiles"]
-        s["detail"] = f"{plan.stat().st_size / 2**20:.1f} MiB, profiles {profiles}"
-    if not rec.ok(built) and trt.__name__.startswith("tensorrt_rtx"):
+    rtx = trt.__name__.startswith("tensorrt_rtx")
+    if cannot_build and rtx:  # the probe's build failed the same way: no need to wait for this one's
+        rec.skip(built, cannot_build)
+    else:
+        with rec.step(built) as s:
+            build_engine(export_dir, plan, profiles=PROFILES, timing_cache=cache, log=print)
+            profiles = json.loads(sidecar_path(plan).read_text())["profiles"]
+            s["detail"] = f"{plan.stat().st_size / 2**20:.1f} MiB, profiles {profiles}"
+    if not rec.ok(built) and rtx:
         built = f"{name}: build + serialize for {rtx_target_name} (TensorRT-RTX target)"
         with rec.step(built) as s:
             build_engine(export_dir, plan, profiles=PROFILES, timing_cache=cache, overwrite=True,
@@ -233,17 +241,21 @@ def main() -> int:
     with rec.step("import TensorRT (compat: tensorrt, else tensorrt_rtx_bindings)") as s:
         trt = import_tensorrt()
         s["detail"] = json.dumps(describe(trt))
+    cannot_build = None
     if trt is not None:
         with rec.step("load libmamba_trt.so into the plugin registry") as s:
             s["detail"] = load_plugin(trt)
         with rec.step("creators registered") as s:
             s["detail"] = check_creators(trt)
+        with rec.step("probe engine (default build here; engines run on this GPU)") as s:
+            cannot_build = build_unavailable(trt)
+            s["detail"] = f"build: {cannot_build or 'yes'}; run: {run_unavailable(trt) or 'yes'}"
     chosen = models() if args.models == "all" else {k: v for k, v in models().items() if k in args.models.split(",")}
     if trt is not None and rec.ok("creators registered"):
         with tempfile.TemporaryDirectory(prefix="prove-build-") as work:
             for tag, make_model in chosen.items():
                 for dtype in args.dtypes.split(","):
-                    prove_model(rec, trt, tag, make_model, dtype, Path(work), out, args.rtx_target)
+                    prove_model(rec, trt, tag, make_model, dtype, Path(work), out, args.rtx_target, cannot_build)
 
     width = max(len(s["step"]) for s in rec.steps)
     print("\n" + f"{'step':<{width}}  {'result':<8}  detail")
