@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -188,7 +189,8 @@ def _model_arg(args) -> str:
     if args.model:
         return args.model
     if DEFAULT_MODEL.is_dir():
-        return str(DEFAULT_MODEL)
+        # As a person would type it from the checkout (make demo): models/mamba1-pystdlib.
+        return os.path.relpath(DEFAULT_MODEL) if DEFAULT_MODEL.is_relative_to(Path.cwd()) else str(DEFAULT_MODEL)
     raise MambaExportError("MODEL is required (the shipped default model is not in this installation)")
 
 
