@@ -144,34 +144,13 @@ def ensure_module_engine(export_dir: Path, batch: ShapeRange, overwrite: bool = 
 
 
 def run_engine(plan: Path, info: dict, inputs) -> list[torch.Tensor]:
-    """One run of a module's engine on CUDA, bound as backends/trt_backend.py binds an LM's:
-    torch tensors by address, on torch's current stream. Returns the outputs on the CPU."""
-    from .tensorrt import import_tensorrt, load_plugin
-    from .tensorrt.compat import make_logger
+    """One run of a module's engine on CUDA, on torch's current stream; the outputs on the CPU."""
+    from .tensorrt.engine import Engine
 
-    trt = import_tensorrt()
-    load_plugin(trt)
-    logger = make_logger(trt)
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(plan.read_bytes())
-    context = engine and engine.create_execution_context()
-    if context is None:
-        raise MambaExportError(f"TensorRT could not load {plan}{logger.explain()}")
-    device = torch.device("cuda", torch.cuda.current_device())
-    bound = [t.to(device).contiguous() for t in inputs]  # held until the run has finished
-    for meta, tensor in zip(info["inputs"], bound):
-        if not context.set_input_shape(meta["name"], tuple(tensor.shape)):
-            raise MambaExportError(f"the engine does not accept {meta['name']} of shape {list(tensor.shape)}"
-                                   f"{logger.explain()}")  # fmt: skip
-        context.set_tensor_address(meta["name"], tensor.data_ptr())
-    # The network is strongly typed: the engine's outputs have the export's types.
-    outputs = [torch.empty(tuple(context.get_tensor_shape(o["name"])), dtype=getattr(torch, o["dtype"]), device=device)
-               for o in info["outputs"]]  # fmt: skip
-    for meta, tensor in zip(info["outputs"], outputs):
-        context.set_tensor_address(meta["name"], tensor.data_ptr())
-    stream = torch.cuda.current_stream(device)
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise MambaExportError(f"TensorRT failed to run the engine{logger.explain()}")
+    engine = Engine(plan)
+    stream = torch.cuda.current_stream(engine.device)
+    outputs = engine.run({meta["name"]: t for meta, t in zip(info["inputs"], inputs)},
+                         [meta["name"] for meta in info["outputs"]], stream.cuda_stream)  # fmt: skip
     stream.synchronize()
     return [t.cpu() for t in outputs]
 
@@ -370,6 +349,10 @@ def run_module_validate(args: argparse.Namespace) -> int:
         raise MambaExportError("--entry needs --input-shape for each input of forward (e.g. --input-shape 1,3,64,64)")
     if args.backend not in MODULE_BACKENDS:
         raise MambaExportError(f"--entry: --backend must be one of {', '.join(MODULE_BACKENDS)}")
+    on_gpu = args.backend in ("ort-cuda", "trt")  # each module backend has one device
+    if args.device is not None and (args.device == "cuda") != on_gpu:
+        raise MambaExportError(f"--entry: --backend {args.backend} runs on {'cuda' if on_gpu else 'cpu'}, "
+                               f"not --device {args.device}")  # fmt: skip
     dtype = resolve_dtype(args.dtype) or torch.float32
     inputs = example_inputs(args.input_shape, args.input_dtype, dtype, args.seed)
     with console.step(f"Loading {args.entry}"):

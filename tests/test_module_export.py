@@ -838,6 +838,8 @@ def test_cli_refuses_bad_input_dtypes(capsys, value, message):
     (("MODEL", *VISION), "give MODEL or --entry, not both"),
     (("--entry", "module_models:build_vision"), "--entry needs --input-shape"),
     ((*VISION, "--backend", "torch"), "--entry: --backend must be one of ort, ort-portable, ort-cuda, trt"),
+    ((*VISION, "--device", "cuda"), "--entry: --backend ort runs on cpu, not --device cuda"),
+    ((*VISION, "--backend", "trt", "--device", "cpu"), "--entry: --backend trt runs on cuda, not --device cpu"),
 ])  # fmt: skip
 def test_cli_errors_are_one_line(cli, argv, message):
     code, out, err = cli("validate", *argv, "-q")
