@@ -2,7 +2,7 @@
 validated against eager PyTorch with the node placement, and the summary of a run.
 
   python3 benchmarks/gpu/e2e.py environment --out DIR
-  python3 benchmarks/gpu/e2e.py validate --config mamba-130m --export DIR --json FILE
+  python3 benchmarks/gpu/e2e.py validate --config mamba-130m --export DIR --json FILE   (or mamba2-130m, ...)
   python3 benchmarks/gpu/e2e.py bench --config mamba-1.4b --work DIR --out DIR [--batch 1 --prompt-len 128,1024]
   python3 benchmarks/gpu/e2e.py summary --out DIR
 
@@ -66,15 +66,16 @@ def validate_config(config: str, export_dir: Path, json_path: Path, prompt_len: 
                       batch=2, prompt_len=prompt_len, decode_steps=16, vocab_size=model.config.vocab_size)  # fmt: skip
     placement = node_placement(backend.session.end_profiling())
     off = off_provider(placement)
-    scans = sum(op == "SelectiveScan" for op, _ in placement.values())
+    scan_op = "SSDScan" if model.config.architecture == "mamba2" else "SelectiveScan"
+    scans = sum(op == scan_op for op, _ in placement.values())
     print(report.table())
-    print(f"  nodes: {len(placement)} ({scans} SelectiveScan); "
+    print(f"  nodes: {len(placement)} ({scans} {scan_op}); "
           + ("all on CUDAExecutionProvider, no copies through the host" if not off
              else f"{len(off)} NOT ON THE GPU, e.g. {', '.join(off[:5])}"))
     result = json.loads(report.to_json())
-    result["placement"] = {"nodes": len(placement), "selective_scan": scans, "off_gpu": off}
+    result["placement"] = {"nodes": len(placement), "scan_op": scan_op, "scans": scans, "off_gpu": off}
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if report.passed and not off else 1
+    return 0 if report.passed and not off and scans == model.config.n_layer else 1
 
 
 def bench_config(config: str, work: Path, out: Path, batches: list[int], prompt_lens: list[int]) -> int:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # End to end on a GPU (docs/performance.md, "End to end on the H100"): ONNX Runtime's CUDA
-# execution provider with the mamba custom op (backend ort-cuda) validated against eager
+# execution provider with the mamba custom ops (backend ort-cuda) validated against eager
 # PyTorch float32, then its prefill and per-token decode latency next to eager PyTorch on the
-# same GPU, for mamba-130m- and mamba-1.4b-sized models with random weights.
+# same GPU, for mamba-130m-, mamba2-130m- and mamba-1.4b-sized models with random weights.
 #
 # Run from the repository root on the GPU machine, with mamba_export/_lib carried (a CUDA
 # build: libmamba_ort.so and libmamba_kernels.so) and onnxruntime-gpu installed into /tmp/site;
 # nothing is installed, the package is imported from the checkout:
-#   bash benchmarks/gpu/e2e.sh small    # GPU tests, validations, generate, mamba-130m bench
+#   bash benchmarks/gpu/e2e.sh small    # both shipped models validated and generating;
+#                                       # mamba-130m and mamba2-130m validated and benched
+#   bash benchmarks/gpu/e2e.sh tests    # the GPU tests (ORT CUDA op, torch ops' CUDA kernels, bench)
 #   bash benchmarks/gpu/e2e.sh large    # mamba-1.4b validation and bench (its export takes minutes)
 #   bash benchmarks/gpu/e2e.sh all      # both, where one command may run that long
 #   bash benchmarks/gpu/e2e.sh summary  # the summary of what $OUT holds (each part ends with it)
@@ -33,35 +35,55 @@ step() {
   [ "$rc" -eq 0 ] || status=1
 }
 cli() { python3 -m mamba_export.cli "$@"; }
-SHIPPED=models/mamba1-pystdlib
+SHIPPED=(models/mamba1-pystdlib models/mamba2-pystdlib)
 BENCH=(--device cuda --backends torch,ort-cuda --decode-tokens 32 --repeat 5 --warmup 2 --overwrite)
 
-# Greedy generation from the shipped model on ort-cuda and on eager PyTorch (CPU).
-generate_both() {
-  local prompt='import os' ort eager
-  local args=(generate "$SHIPPED" -q --prompt "$prompt" --max-new-tokens 64)
-  ort=$(cli "${args[@]}" --backend ort-cuda --onnx "$WORK/shipped") || return 1
-  eager=$(cli "${args[@]}" --backend torch) || return 1
-  printf 'ort-cuda: %q\ntorch:    %q\n' "$ort" "$eager"
-  if [ "$ort" = "$eager" ]; then echo "greedy text: identical"; else echo "greedy text: differs"; fi
+# Greedy generation from a shipped model on ort-cuda, on eager PyTorch on the GPU and on eager
+# PyTorch on the CPU: the same text from all three.
+generate_all() {
+  local model=$1 prompt='import os' texts=() names=(ort-cuda torch-cuda torch-cpu)
+  local args=(generate "$model" -q --prompt "$prompt" --max-new-tokens 64)
+  texts+=("$(cli "${args[@]}" --backend ort-cuda --onnx "$WORK/$(basename "$model")")") || return 1
+  texts+=("$(cli "${args[@]}" --backend torch --device cuda)") || return 1
+  texts+=("$(cli "${args[@]}" --backend torch)") || return 1
+  for i in 0 1 2; do
+    printf '%-11s %q\n' "${names[$i]}:" "${texts[$i]}"
+  done
+  if [ "${texts[0]}" = "${texts[2]}" ] && [ "${texts[1]}" = "${texts[2]}" ]; then
+    echo "greedy text: identical"
+  else
+    echo "greedy text: differs"
+  fi
 }
 
 small() {
   step environment python3 benchmarks/gpu/e2e.py environment --out "$OUT"
-  step tests python3 -m pytest -q -ra -p no:cacheprovider tests/test_ort_cuda.py tests/test_cuda_selective_scan.py
-  if [ -d "$SHIPPED" ]; then
-    step validate_shipped cli validate "$SHIPPED" --backend ort-cuda --onnx "$WORK/shipped" \
-      --json "$OUT/validate_shipped.json"
-    step validate_shipped_fp16 cli validate "$SHIPPED" --backend ort-cuda --dtype fp16 --onnx "$WORK/shipped-fp16" \
-      --json "$OUT/validate_shipped_fp16.json"
-    step generate_shipped generate_both
-  else
-    echo "== $SHIPPED is not in this checkout: the shipped model's validation and generation are skipped"
-  fi
-  step validate_mamba-130m python3 benchmarks/gpu/e2e.py validate --config mamba-130m --export "$WORK/mamba-130m" \
-    --json "$OUT/validate_mamba-130m.json"
-  step bench_mamba-130m cli bench --config mamba-130m --batch 1,8 --prompt-len 128,1024 "${BENCH[@]}" \
-    --out "$OUT/bench-mamba-130m"
+  for model in "${SHIPPED[@]}"; do
+    local name
+    name=$(basename "$model")
+    if [ ! -d "$model" ]; then
+      echo "== $model is not in this checkout: its validation and generation are skipped"
+      continue
+    fi
+    step "validate_$name" cli validate "$model" --backend ort-cuda --onnx "$WORK/$name" --json "$OUT/validate_$name.json"
+    step "validate_${name}_fp16" cli validate "$model" --backend ort-cuda --dtype fp16 --onnx "$WORK/$name-fp16" \
+      --json "$OUT/validate_${name}_fp16.json"
+    step "validate_${name}_torch-cuda" cli validate "$model" --backend torch --device cuda \
+      --json "$OUT/validate_${name}_torch-cuda.json"
+    step "generate_$name" generate_all "$model"
+  done
+  for config in mamba-130m mamba2-130m; do
+    step "validate_$config" python3 benchmarks/gpu/e2e.py validate --config "$config" --export "$WORK/$config" \
+      --json "$OUT/validate_$config.json"
+    step "bench_$config" cli bench --config "$config" --batch 1,8 --prompt-len 128,1024 "${BENCH[@]}" \
+      --out "$OUT/bench-$config"
+  done
+}
+
+# The GPU tests: both ops on ORT's CUDA provider and in the torch ops' CUDA kernels, the bench.
+tests() {
+  step tests python3 -m pytest -q -ra -p no:cacheprovider -n 8 tests/test_ort_cuda.py \
+    tests/test_cuda_selective_scan.py tests/test_cuda_ssd_scan.py tests/test_bench.py
 }
 
 # mamba-1.4b: exported once into $WORK/mamba-1.4b/ort-cuda (minutes), where the bench finds it
@@ -75,10 +97,11 @@ large() {
 
 case "${1:-}" in
   small) small ;;
+  tests) tests ;;
   large) large ;;
-  all) small; large ;;
+  all) small; tests; large ;;
   summary) ;;
-  *) echo "usage: $0 small|large|all|summary" >&2; exit 2 ;;
+  *) echo "usage: $0 small|tests|large|all|summary" >&2; exit 2 ;;
 esac
 python3 benchmarks/gpu/e2e.py summary --out "$OUT"
 exit $status
