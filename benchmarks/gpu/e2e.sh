@@ -36,7 +36,6 @@ step() {
 }
 cli() { python3 -m mamba_export.cli "$@"; }
 SHIPPED=(models/mamba1-pystdlib models/mamba2-pystdlib)
-BENCH=(--device cuda --backends torch,ort-cuda --decode-tokens 32 --repeat 5 --warmup 2 --overwrite)
 
 # Greedy generation from a shipped model on ort-cuda, on eager PyTorch on the GPU and on eager
 # PyTorch on the CPU: the same text from all three.
@@ -58,6 +57,13 @@ generate_all() {
 
 small() {
   step environment python3 benchmarks/gpu/e2e.py environment --out "$OUT"
+  for config in mamba-130m mamba2-130m; do
+    # The bench finds the export that the validation made (WORK/CONFIG/ort-cuda).
+    step "validate_$config" python3 benchmarks/gpu/e2e.py validate --config "$config" \
+      --export "$WORK/$config/ort-cuda" --json "$OUT/validate_$config.json"
+    step "bench_$config" python3 benchmarks/gpu/e2e.py bench --config "$config" --work "$WORK/$config" \
+      --batch 1,8 --prompt-len 128,1024 --out "$OUT/bench-$config"
+  done
   for model in "${SHIPPED[@]}"; do
     local name
     name=$(basename "$model")
@@ -71,12 +77,6 @@ small() {
     step "validate_${name}_torch-cuda" cli validate "$model" --backend torch --device cuda \
       --json "$OUT/validate_${name}_torch-cuda.json"
     step "generate_$name" generate_all "$model"
-  done
-  for config in mamba-130m mamba2-130m; do
-    step "validate_$config" python3 benchmarks/gpu/e2e.py validate --config "$config" --export "$WORK/$config" \
-      --json "$OUT/validate_$config.json"
-    step "bench_$config" cli bench --config "$config" --batch 1,8 --prompt-len 128,1024 "${BENCH[@]}" \
-      --out "$OUT/bench-$config"
   done
 }
 
