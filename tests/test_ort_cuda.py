@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -178,6 +179,30 @@ def test_node_placement_reads_the_profile(exports, tmp_path):
     assert {where for _, where in placement.values()} == {"CPUExecutionProvider"}
     assert runtime.off_provider(placement, "CPUExecutionProvider") == []
     assert len(runtime.off_provider(placement)) == len(placement)  # none ran on CUDA
+
+
+def test_shape_computations_may_stay_on_the_host_but_nothing_else(tmp_path):
+    """Mamba-2's head reshapes take their target shapes from Concat(Shape(x), constants): ORT keeps
+    those nodes on the CPU on purpose, and off_provider must not count them; anything reading a
+    tensor's values (or a copy between providers) still counts."""
+    cfg = Mamba2Config(d_model=64, n_layer=2, vocab_size=96, d_state=16, headdim=16, ngroups=2, chunk_size=8)
+    model = onnx.load(str(export_onnx(build_model(cfg).eval(), tmp_path)))
+    shapes = runtime.shape_computations(model)
+    by_name = {n.name: n for n in model.graph.node}
+    concats = [n for n in model.graph.node if n.op_type == "Concat"]
+    shape_concats = [n.name for n in concats if n.name in shapes]
+    assert shape_concats and len(shape_concats) < len(concats)  # the conv state's Concat reads values
+    readers = {c.op_type for n in shape_concats for c in model.graph.node if by_name[n].output[0] in c.input}
+    assert readers == {"Reshape"}
+    assert not shapes & {n.name for n in model.graph.node if n.op_type in ("SSDScan", "Conv", "MatMul", "Gather")}
+    placement = {name: ("Concat", "CPUExecutionProvider") for name in shape_concats}
+    placement["node_conv1d"] = ("Conv", "CUDAExecutionProvider")
+    assert runtime.off_provider(placement, model=model) == []
+    assert len(runtime.off_provider(placement)) == len(shape_concats)  # without the model, all count
+    placement["node_cat"] = ("Concat", "CPUExecutionProvider")  # the conv state: values
+    placement["copy"] = ("MemcpyToHost", "CUDAExecutionProvider")
+    assert runtime.off_provider(placement, model=model) == ["copy (MemcpyToHost on CUDAExecutionProvider)",
+                                                            "node_cat (Concat on CPUExecutionProvider)"]
 
 
 # --- on a GPU ---------------------------------------------------------------------------
@@ -343,12 +368,14 @@ def test_gpu_model_on_another_torch_stream(model, exports, tmp_path):
 
 @gpu
 def test_gpu_mamba2_model_matches_eager_with_every_node_on_cuda(tmp_path):
+    """Every node but the shape computations of the head reshapes (ORT keeps those on the CPU)."""
     cfg = Mamba2Config(d_model=64, n_layer=2, vocab_size=96, d_state=16, headdim=16, ngroups=2, chunk_size=8)
     torch.manual_seed(1)
     model = build_model(cfg).eval()
-    backend = cuda_backend(export_onnx(model, tmp_path / "mamba2").parent, tmp_path)
+    path = export_onnx(model, tmp_path / "mamba2")
+    backend = cuda_backend(path.parent, tmp_path)
     errors = compare(backend, TorchBackend(model), batch=2, prompt_len=40, decode_steps=5, vocab_size=96)
     assert within_tolerances(errors, "float32"), errors
     placement = runtime.node_placement(backend.session.end_profiling())
     assert [op for op, _ in placement.values()].count("SSDScan") == cfg.n_layer
-    assert runtime.off_provider(placement) == []
+    assert runtime.off_provider(placement, model=onnx.load(str(path))) == []

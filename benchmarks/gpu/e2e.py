@@ -48,6 +48,7 @@ def environment(out: Path) -> int:
 
 def validate_config(config: str, export_dir: Path, json_path: Path, prompt_len: int) -> int:
     """ort-cuda on ``config`` with random weights against eager float32, and where every node ran."""
+    import onnx
     import onnxruntime
 
     from mamba_export.backends.factory import ensure_export
@@ -65,7 +66,7 @@ def validate_config(config: str, export_dir: Path, json_path: Path, prompt_len: 
     report = validate(backend, TorchBackend(model, name="reference"), model_name=model.source, dtype="float32",
                       batch=2, prompt_len=prompt_len, decode_steps=16, vocab_size=model.config.vocab_size)  # fmt: skip
     placement = node_placement(backend.session.end_profiling())
-    off = off_provider(placement)
+    off = off_provider(placement, model=onnx.load(str(export_dir / "model.onnx"), load_external_data=False))
     scan_op = "SSDScan" if model.config.architecture == "mamba2" else "SelectiveScan"
     scans = sum(op == scan_op for op, _ in placement.values())
     print(report.table())

@@ -108,8 +108,25 @@ def node_placement(profile_file: str | os.PathLike) -> dict[str, tuple[str, str]
             for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}  # fmt: skip
 
 
-def off_provider(placement: dict[str, tuple[str, str]], provider: str = "CUDAExecutionProvider") -> list[str]:
+def off_provider(placement: dict[str, tuple[str, str]], provider: str = "CUDAExecutionProvider",
+                 model=None) -> list[str]:
     """The nodes of ``placement`` that ran elsewhere than on ``provider``, and the copies ORT
-    inserted between providers (each a round trip through host memory for CUDA)."""
+    inserted between providers (each a round trip through host memory for CUDA). With the
+    ``model`` (an onnx.ModelProto), nodes that compute shapes from shapes and constants alone
+    may run on the CPU: ORT keeps them there on purpose (a Reshape reads its target shape on
+    the host), and no activation goes through host memory for them."""
+    exempt = shape_computations(model) if model is not None else set()
     return sorted(f"{name} ({op} on {where})" for name, (op, where) in placement.items()
-                  if where != provider or op in ("MemcpyToHost", "MemcpyFromHost"))  # fmt: skip
+                  if (where != provider and name not in exempt) or op in ("MemcpyToHost", "MemcpyFromHost"))  # fmt: skip
+
+
+def shape_computations(model) -> set[str]:
+    """Names of the nodes of ``model``'s graph whose outputs follow from tensor shapes and
+    constants only, never from a tensor's values (Shape, and what is computed from it)."""
+    known = {t.name for t in model.graph.initializer}
+    names = set()
+    for node in model.graph.node:  # in topological order, as ONNX requires
+        if node.op_type == "Shape" or all(not i or i in known for i in node.input):
+            known.update(node.output)
+            names.add(node.name)
+    return names
