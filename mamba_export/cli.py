@@ -164,13 +164,14 @@ def _check_output_dir(path: Path | None, option: str) -> None:
         raise MambaExportError(f"{option} {path}: not a directory")
 
 
-def _check_output_file(path: Path | None, option: str) -> None:
-    """Refuses, before any work, a file to write whose directory is missing or that is a directory."""
+def _check_output_file(path: Path | None, option: str, created: Path | None = None) -> None:
+    """Refuses, before any work, a file to write whose directory is missing or that is a directory.
+    ``created``: a directory the command makes before writing the file (--onnx DIR)."""
     if path is None:
         return
     if path.is_dir():
         raise MambaExportError(f"{option} {path}: is a directory")
-    if not path.parent.is_dir():
+    if not path.parent.is_dir() and (created is None or path.parent.resolve() != created.resolve()):
         raise MambaExportError(f"{option} {path}: directory {path.parent} does not exist")
 
 
@@ -236,7 +237,7 @@ def _cmd_validate(args) -> int:
         raise MambaExportError("--decode-steps must be 0 or more")
     # Before loading, exporting and running, which take a while.
     _check_output_dir(args.onnx, "--onnx")
-    _check_output_file(args.json, "--json")
+    _check_output_file(args.json, "--json", created=args.onnx)  # the demo's report goes into its export
     args.model = _model_arg(args)
     reference = _load(args.model, "fp32")
     dtype = resolve_dtype(args.dtype)

@@ -115,6 +115,15 @@ def test_validate_passes_and_writes_the_documented_report(shipped_export, tmp_pa
     assert result["passed"] is True and 0 <= result["max_rel_err"] <= TOLERANCES["float32"][0]
 
 
+def test_validate_report_may_go_into_the_export_it_makes(tmp_path, capsys):
+    """make demo's form: --json inside the --onnx directory that this run creates."""
+    export = tmp_path / "new-export"
+    code, stdout, err = cli(capsys, "validate", SHIPPED, "--onnx", export, "--decode-steps", 2,
+                            "--json", export / "validation.json")
+    assert code == 0 and "PASSED" in stdout, err
+    assert json.loads((export / "validation.json").read_text())["passed"] is True
+
+
 def test_validate_fails_on_a_tampered_export(shipped_export, tmp_path, capsys):
     """One layer's D off by 1% in model.onnx, export.json unchanged: the export is reused and
     validation must fail (exit 1), on the logits and state errors."""
