@@ -97,16 +97,12 @@ def ensure_module_export(module, inputs, export_dir: Path, *, portable: bool, so
 
 
 def _session(export_dir: Path, backend: str):
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependencyError("validation needs onnxruntime (pip install onnxruntime)") from None
+    from .runtime.ort import cuda_unavailable, ort_session  # it says so where onnxruntime is missing
+
     path = export_dir / "model.onnx"
     if backend == "ort-portable":
-        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return ort_session(path, custom_ops=False)
     providers = ["CPUExecutionProvider"]
-    from .runtime.ort import cuda_unavailable, ort_session
-
     if backend == "ort-cuda":
         reason = cuda_unavailable()
         if reason:

@@ -181,6 +181,17 @@ def test_node_placement_reads_the_profile(exports, tmp_path):
     assert len(runtime.off_provider(placement)) == len(placement)  # none ran on CUDA
 
 
+def test_cuda_provider_gets_float32_arithmetic_unless_asked_otherwise():
+    """ORT's CUDA provider defaults to TF32 products; every session of ours turns that off, and
+    leaves a user's explicit choice and the other providers alone."""
+    assert runtime.float32_cuda(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        ("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    chosen = ("CUDAExecutionProvider", {"device_id": "1", "use_tf32": "1"})
+    assert runtime.float32_cuda([chosen]) == [chosen]
+    assert runtime.float32_cuda([("CUDAExecutionProvider", {"device_id": "1"})]) == [
+        ("CUDAExecutionProvider", {"use_tf32": "0", "device_id": "1"})]
+
+
 def test_shape_computations_may_stay_on_the_host_but_nothing_else(tmp_path):
     """Mamba-2's head reshapes take their target shapes from Concat(Shape(x), constants): ORT keeps
     those nodes on the CPU on purpose, and off_provider must not count them; anything reading a

@@ -63,7 +63,7 @@ class OrtBackend:
             self._stream = torch.cuda.Stream(self.device)
             # HEURISTIC: cuDNN's exhaustive search (ORT's default) would rerun for every new prompt length.
             cuda = {"device_id": str(self.device.index), "user_compute_stream": str(self._stream.cuda_stream),
-                    "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}  # fmt: skip
+                    "cudnn_conv_algo_search": "HEURISTIC"}  # fmt: skip
             providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")

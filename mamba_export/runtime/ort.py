@@ -35,9 +35,11 @@ def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_op
     ``"CUDAExecutionProvider"`` first (onnxruntime-gpu, a library built with CUDA) the mamba
     ops run on the GPU too. session_options: an ``onnxruntime.SessionOptions``
     to use; the custom-op library is registered on it (once, however often it is passed).
-    ORT's defaults apply otherwise (all graph optimisations, its own thread count).
-    A model ORT cannot load (missing, not ONNX, an invalid graph) raises MambaExportError.
-    custom_ops=False: a portable export, which needs no library (nor its build).
+    ORT's defaults apply otherwise (all graph optimisations, its own thread count), but for
+    one: the CUDA provider computes float32 matrix products in TF32 unless its options say
+    ``use_tf32`` (see float32_cuda). A model ORT cannot load (missing, not ONNX, an invalid
+    graph) raises MambaExportError. custom_ops=False: a portable export, which needs no
+    library (nor its build).
     """
     ort = import_onnxruntime()
     options = session_options if session_options is not None else ort.SessionOptions()
@@ -50,11 +52,25 @@ def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_op
             options.add_session_config_entry(_REGISTERED_KEY, library)
     model = onnx_path if isinstance(onnx_path, bytes) else os.fspath(onnx_path)
     try:
-        return ort.InferenceSession(model, sess_options=options, providers=providers or ["CPUExecutionProvider"])
+        return ort.InferenceSession(model, sess_options=options,
+                                    providers=float32_cuda(providers or ["CPUExecutionProvider"]))
     except _load_errors(ort) as e:
         what = "the serialized model" if isinstance(model, bytes) else model
         message = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise MambaExportError(f"ONNX Runtime cannot load {what}: {message}") from e
+
+
+def float32_cuda(providers: list) -> list:
+    """``providers`` with TF32 off in the CUDA provider's options unless they choose: its
+    default rounds float32 products to 10-bit mantissas, which took float32 exports 3-15x past
+    validate's 1e-4 on an H100 (docs/performance.md); a float32 graph gets float32 arithmetic."""
+    def entry(provider):
+        name, options = provider if isinstance(provider, tuple) else (provider, {})
+        if name != "CUDAExecutionProvider":
+            return provider
+        return name, {"use_tf32": "0", **options}
+
+    return [entry(p) for p in providers]
 
 
 def _load_errors(ort) -> tuple[type[Exception], ...]:
