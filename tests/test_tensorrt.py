@@ -914,7 +914,7 @@ def test_probe_agrees_with_building_and_loading_an_export(trt, exports, tmp_path
         assert run_unavailable(trt) == "no CUDA device visible to PyTorch"
         return  # nothing to load an engine on
     if run_unavailable(trt) is None:
-        assert TrtBackend(plan).engine is not None
+        assert TrtBackend(plan).context is not None
     else:
         assert "cannot run engines on this GPU" in run_unavailable(trt)
         with pytest.raises(MambaExportError, match="TensorRT could not load"):
