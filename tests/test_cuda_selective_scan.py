@@ -89,6 +89,15 @@ def test_every_tiling(plan, dtype, monkeypatch):
     assert_matches(scan_inputs(2, 40, 300, 16, 2, dtype=dtype, seed=11), True, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("plan", ["decode4", "decode8"])
+@pytest.mark.parametrize("shape", [(3, 40, 1, 16, 2), (2, 9, 1, 12, 1)], ids=lambda s: "x".join(map(str, s)))
+def test_every_decode_tiling(shape, plan, dtype, monkeypatch):
+    """4 or 8 states per lane; full lanes (16 states) and a partly empty one (12)."""
+    monkeypatch.setenv("MAMBA_KERNELS_SCAN_PLAN", plan)
+    assert_matches(scan_inputs(*shape, dtype=dtype, seed=13), True, dtype)
+
+
 @pytest.mark.parametrize("plan", TILINGS)
 def test_long_sequence_small_dt(plan, monkeypatch):
     """Trained models have dt ~ 1e-3..1e-2: errors must not accumulate over long sequences."""

@@ -38,6 +38,7 @@ Y_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 STATE_TOL = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PLANS = ["chained8", "fused_r8", "fused"]
+DECODE_PLANS = ["decode4", "decode8"]
 OPTIONAL = ("D", "z", "delta_bias", "initial_state")
 
 
@@ -114,7 +115,10 @@ def check_cases(seed: int, count: int) -> list[dict]:
         for n in (1, 3, 8, 17, 32, 33, 64, 65, 128, 129, 200, 256):
             add((2, 6, 77, n, 2), dt)
             add((3, 9, 1, n, 3), dt)
+            if n <= 128:
+                add((3, 9, 1, n, 3), dt, plan="decode8")
         add((2, 6, 1, 16, 1), dt, misaligned=True)
+        add((70000, 1, 1, 16, 1), dt)  # more batch rows than a grid has (65535): the rows loop
         add((4, 24, 1, 16, 2), dt, inplace=True)
         for plan in PLANS:
             add((2, 40, 100, 16, 1), dt, inplace=True, plan=plan)
@@ -289,7 +293,7 @@ def time_prefill(lib, ref, dtype_name, batch, dim, length, n, bw, exp_rate, l2, 
                 pct_floor=100 * floor / t_ours, speedup=t_ref / t_ours if t_ref else None)
 
 
-def time_decode(lib, ref, dtype_name, batch, dim, n, bw, l2) -> dict:
+def time_decode(lib, ref, dtype_name, batch, dim, n, bw, l2, plan=None) -> dict:
     """One decode step, the state updated in place (final_state = initial_state, as in a
     generation loop); the calls cycle over enough states (one per layer, say) to exceed L2."""
     dtype = DTYPES[dtype_name]
@@ -309,10 +313,16 @@ def time_decode(lib, ref, dtype_name, batch, dim, n, bw, l2) -> dict:
     sets = input_sets(make, min_bytes, l2)
     reps = max(1, 48 // len(sets))
     params = [scan_params(**s, delta_softplus=1, final_state=s["initial_state"]) for s in sets]
-    t_ours = graph_time_us([lambda p=p: enqueue(lib, p) for p in params] * reps, 20)
-    t_ref = graph_time_us([ref.decode_call(s) for s in sets] * reps, 20) if ref is not None else None
+    if plan:
+        os.environ["MAMBA_KERNELS_SCAN_PLAN"] = plan
+    try:
+        t_ours = graph_time_us([lambda p=p: enqueue(lib, p) for p in params] * reps, 20)
+    finally:
+        os.environ.pop("MAMBA_KERNELS_SCAN_PLAN", None)
+    t_ref = graph_time_us([ref.decode_call(s) for s in sets] * reps, 20) if ref is not None and not plan else None
     floor = min_bytes / bw * 1e6
-    return dict(kind="decode", dtype=dtype_name, batch=batch, dim=dim, L=1, N=n, us=t_ours, ref_us=t_ref,
+    return dict(kind="decode", dtype=dtype_name, batch=batch, dim=dim, L=1, N=n, plan=plan or "auto",
+                us=t_ours, ref_us=t_ref,
                 floor_us=floor, bound="memory", gbps=min_bytes / t_ours / 1e3, pct_floor=100 * floor / t_ours,
                 speedup=t_ref / t_ours if t_ref else None)
 
@@ -341,7 +351,8 @@ def main() -> int:
     ap.add_argument("--random-cases", type=int, default=60)
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--skip-time", action="store_true")
-    ap.add_argument("--plans", action="store_true", help="also time every tiling at each dstate-16 shape")
+    ap.add_argument("--plans", action="store_true", help="also time every tiling at each dstate-16 shape, decode too")
+    ap.add_argument("--time", choices=["all", "prefill", "decode"], default="all", help="which kernels to time")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -375,26 +386,26 @@ def main() -> int:
         exp_rate = 16 * props.multi_processor_count * clock
         result.update(copy_bandwidth=bw, sm_clock_hz=clock, exp_rate=exp_rate, anchor=ref is not None)
         rows = []
-        for shape in prefill_shapes():
+        for shape in prefill_shapes() if args.time != "decode" else ():
             rows.append(time_prefill(lib, ref, *shape, 16, bw, exp_rate, l2))
             for plan in PLANS if args.plans else ():
                 rows.append(time_prefill(lib, None, *shape, 16, bw, exp_rate, l2, plan=plan))
             torch.cuda.empty_cache()
-        for dtype in ("fp32", "bf16"):
+        for dtype in ("fp32", "bf16") if args.time != "prefill" else ():
             for dim in (1536, 5120):
                 for batch in (1, 16, 64):
                     rows.append(time_decode(lib, ref, dtype, batch, dim, 16, bw, l2))
+                    for plan in DECODE_PLANS if args.plans else ():
+                        rows.append(time_decode(lib, None, dtype, batch, dim, 16, bw, l2, plan))
         result["timings"] = rows
         (out / "kernels.json").write_text(json.dumps(result, indent=1))
         print(f"copy bandwidth {bw / 1e12:.2f} TB/s, SM clock {clock / 1e9:.2f} GHz, "
               f"exp rate {exp_rate / 1e12:.2f} T/s, anchor {'mamba_ssm' if ref else 'absent'}")
-        print("(the tiling each shape picks by itself; every tiling's time is in the JSON)")
-        print(f"{'kind':8}{'type':5}{'b':>3}{'dim':>5}{'L':>5}{'us':>9}{'floor':>8}{'bound':>7}"
+        print("(plan auto: the tiling each shape picks by itself)")
+        print(f"{'kind':8}{'plan':9}{'type':5}{'b':>3}{'dim':>5}{'L':>5}{'us':>9}{'floor':>8}{'bound':>7}"
               f"{'GB/s':>7}{'%floor':>7}{'ref us':>9}{'x ref':>7}")
         for r in rows:
-            if r.get("plan", "auto") != "auto":
-                continue
-            print(f"{r['kind']:8}{r['dtype']:5}{r['batch']:>3}{r['dim']:>5}{r['L']:>5}"
+            print(f"{r['kind']:8}{r['plan']:9}{r['dtype']:5}{r['batch']:>3}{r['dim']:>5}{r['L']:>5}"
                   f"{r['us']:9.1f}{r['floor_us']:8.1f}{r['bound']:>7}{r['gbps']:7.0f}{r['pct_floor']:7.0f}"
                   f"{fmt(r['ref_us'], '9.1f')}{fmt(r['speedup'], '7.2f')}")
     else:

@@ -159,6 +159,8 @@ int main(int argc, char** argv) {
     }
     for (int64_t N : {1, 24, 33, 100, 256}) failures += run({1, 6, 45, N, 2, t, true, nullptr, 1});
     for (int64_t N : {5, 16, 100, 256}) failures += run({3, 7, 1, N, 7, t, true, nullptr, 0});  // decode
+    failures += run({3, 7, 1, 16, 7, t, true, "decode8", 0});
+    failures += run({2, 5, 1, 12, 1, t, false, "decode8", 1});
     failures += run({2, 4, 0, 16, 1, t, true, nullptr, 0});
   }
   printf("%d failures\n", failures);

@@ -61,15 +61,20 @@ cudaError_t launch_fused(ScanArgs a, int64_t batch, cudaStream_t stream) {
 }
 
 template <typename T, int NS>
-cudaError_t launch_decode(ScanArgs a, int R, int64_t rows, cudaStream_t stream) {
+cudaError_t launch_decode(ScanArgs a, int R, int64_t batch, cudaStream_t stream) {
   int log2_lanes = 0;
   while ((1 << log2_lanes) < R) ++log2_lanes;
   constexpr int ws = pack_align<float, NS>(), wbc = pack_align<T, NS>(), e = sizeof(T);
   const bool state = aligned(a.A, a.N, 4, ws) && aligned(a.hT, a.N, 4, ws) && (!a.h0 || aligned(a.h0, a.N, 4, ws));
   a.vec = (state ? kVecState : 0) | (aligned(a.B, a.N, e, wbc) ? kVecB : 0) | (aligned(a.C, a.N, e, wbc) ? kVecC : 0);
   constexpr int kThreads = 64;  // small blocks: a batch-1 step still spreads over every SM
-  const int64_t blocks = (rows * R + kThreads - 1) / kThreads;
-  scan_decode<T, NS><<<unsigned(blocks), kThreads, 0, stream>>>(a, log2_lanes, rows);
+  // One grid row per batch row (a grid row loops when batch exceeds the grid's 65535).
+  const dim3 grid(unsigned((a.dim * R + kThreads - 1) / kThreads), unsigned(batch < 65535 ? batch : 65535));
+  if (a.N == R * NS && a.vec == (kVecState | kVecB | kVecC)) {
+    scan_decode<T, NS, true><<<grid, kThreads, 0, stream>>>(a, log2_lanes, int(batch));
+  } else {
+    scan_decode<T, NS, false><<<grid, kThreads, 0, stream>>>(a, log2_lanes, int(batch));
+  }
   return cudaGetLastError();
 }
 
@@ -81,8 +86,8 @@ cudaError_t launch_scan(const mamba_selective_scan_params& p, const Plan& plan, 
   a.L = p.seqlen, a.dim = p.dim, a.N = int(p.dstate), a.G = int(p.groups), a.cpg = int(p.dim / p.groups);
   a.softplus = p.delta_softplus;
   switch (plan.kernel) {
-    case Kernel::kDecode4: return launch_decode<T, 4>(a, plan.decode_lanes, p.batch * p.dim, stream);
-    case Kernel::kDecode8: return launch_decode<T, 8>(a, plan.decode_lanes, p.batch * p.dim, stream);
+    case Kernel::kDecode4: return launch_decode<T, 4>(a, plan.decode_lanes, p.batch, stream);
+    case Kernel::kDecode8: return launch_decode<T, 8>(a, plan.decode_lanes, p.batch, stream);
     case Kernel::kChained16x8: return launch_prefill<T, Chained16x8>(a, p.batch, stream);
     case Kernel::kFused16r8: return launch_fused<T, Fused16r8>(a, p.batch, stream);
     case Kernel::kFused16: return launch_fused<T, Fused16>(a, p.batch, stream);

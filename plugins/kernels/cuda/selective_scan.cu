@@ -24,15 +24,16 @@ int pow2_at_least(int64_t x) {
   return p;
 }
 
-// The names MAMBA_KERNELS_SCAN_PLAN accepts, in the order of Kernel from kChained16x8.
+// The names MAMBA_KERNELS_SCAN_PLAN accepts for a prefill, in the order of Kernel from
+// kChained16x8, and for a decode step (4 or 8 states per lane).
 constexpr const char* kPrefillNames[] = {"chained8", "fused_r8", "fused"};
+constexpr const char* kDecodeNames[] = {"decode4", "decode8"};
 
-bool forced_plan(Plan* plan) {
+bool forced(const char* const* names, int count, Kernel first, Plan* plan) {
   const char* env = std::getenv("MAMBA_KERNELS_SCAN_PLAN");
-  if (!env) return false;
-  for (int i = 0; i < int(sizeof(kPrefillNames) / sizeof(*kPrefillNames)); ++i) {
-    if (!std::strcmp(env, kPrefillNames[i])) {
-      plan->kernel = Kernel(int(Kernel::kChained16x8) + i);
+  for (int i = 0; env && i < count; ++i) {
+    if (!std::strcmp(env, names[i])) {
+      plan->kernel = Kernel(int(first) + i);
       return true;
     }
   }
@@ -44,16 +45,18 @@ bool forced_plan(Plan* plan) {
 Plan plan_scan(const mamba_selective_scan_params& p, int multiprocessors) {
   Plan plan{Kernel::kFused16, 1};
   if (p.seqlen == 1) {
-    const int64_t groups4 = (p.dstate + 3) / 4;
-    plan.kernel = groups4 <= 32 ? Kernel::kDecode4 : Kernel::kDecode8;
-    plan.decode_lanes = pow2_at_least(groups4 <= 32 ? groups4 : (p.dstate + 7) / 8);
+    // 4 states per lane (up to 32 lanes), 8 for dstate > 128.
+    plan.kernel = p.dstate <= 128 ? Kernel::kDecode4 : Kernel::kDecode8;
+    if (p.dstate <= 128) forced(kDecodeNames, 2, Kernel::kDecode4, &plan);
+    const int per_lane = plan.kernel == Kernel::kDecode4 ? 4 : 8;
+    plan.decode_lanes = pow2_at_least((p.dstate + per_lane - 1) / per_lane);
     return plan;
   }
   if (p.dstate > 128) return {Kernel::kDirect256, 1};
   if (p.dstate > 64) return {Kernel::kDirect128, 1};
   if (p.dstate > 32) return {Kernel::kDirect64, 1};
   if (p.dstate > 16) return {Kernel::kDirect32, 1};
-  if (forced_plan(&plan)) return plan;
+  if (forced(kPrefillNames, 3, Kernel::kChained16x8, &plan)) return plan;
   // The fused kernel; with fewer channels, 8 lanes per channel instead of 4, and below
   // ~16 channels per SM the chained kernel, which also splits time (measured on the H100:
   // batch x dim of 1536 runs best chained, 5120 fused with 8 lanes, 12288 and up fused).
