@@ -46,7 +46,9 @@ template <typename T, int NT>
 struct SsdTiling {
   using E = T;            // shared-memory element: the activation type itself
   using M = MmaType<T>;   // tensor-core operand type
-  static constexpr int kWarps = NT > 128 ? 8 : 4;
+  // 8 warps from N = 128 on: twice the warps per multiprocessor of 4 (2 blocks fit either way,
+  // by shared memory), at the price of computing a row tile's scores in both warps sharing it.
+  static constexpr int kWarps = NT > 64 ? 8 : 4;
   static constexpr int kThreads = 32 * kWarps;
   // float32 tiles are twice as large: one stage, so that a block fits.
   static constexpr int kStages = std::is_same_v<T, float> ? 1 : 2;
@@ -227,7 +229,10 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
   issue_loads(0, t_begin);
   if (warp == 0) load_dt(t_begin);
 
-  const int rt = warp & 3, pw0 = (warp >> 2) * K::PW;
+  // Row tile rt costs rt + 1 score tiles. A multiprocessor's scheduler runs warps w and w + 4:
+  // with 8 warps, the second half takes the row tiles in reverse, so each scheduler gets
+  // rt and 3 - rt (the same work on every scheduler).
+  const int rt = warp >= 4 ? 7 - warp : warp, pw0 = (warp >> 2) * K::PW;
   const int r0 = 16 * rt + g, r1 = r0 + 8;
   for (int k = 0; k < chunks; ++k) {
     const int64_t t0 = t_begin + int64_t(k) * Q;
