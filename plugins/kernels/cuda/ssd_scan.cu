@@ -24,6 +24,7 @@ namespace {
 
 constexpr int64_t kChunk = 64;       // steps per chunk (ssd_prefill.cuh)
 constexpr int64_t kMaxSegments = 64;
+constexpr double kBoundaryCost = 0.005;  // chunks of work per chain and segment boundary (plan_ssd)
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -56,7 +57,11 @@ SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupan
   if (!seg_chunks) {
     // Every block walks its whole segment, so a grid is worth its number of waves times the
     // segment length; segments add the states-only pass (about half a chunk's work per
-    // chunk) and the chaining kernel (counted as two chunks).
+    // chunk), the chaining kernel (counted as two chunks) and, per chain and segment
+    // boundary, the traffic of its [64, N] float32 state, moved four times (written by the
+    // states-only pass, read and rewritten by the chain, read by the full kernel): 128 KB at
+    // N = 128, ~0.05 us at the copy bandwidth against ~10 us for a wave of chunks on the H100,
+    // so 0.005 of a chunk.
     const int64_t slots = int64_t(multiprocessors) * occupancy.full;
     const int64_t slots_states = int64_t(multiprocessors) * occupancy.states;
     double best = 0;
@@ -64,7 +69,10 @@ SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupan
       const int64_t len = ceil_div(chunks, n), segs = ceil_div(chunks, len);
       if (segs != n) continue;
       double cost = double(ceil_div(chains * segs, slots) * len);
-      if (segs > 1) cost += 0.5 * double(ceil_div(chains * (segs - 1), slots_states) * len) + 2.0;
+      if (segs > 1) {
+        cost += 0.5 * double(ceil_div(chains * (segs - 1), slots_states) * len) + 2.0 +
+                kBoundaryCost * double(chains * (segs - 1));
+      }
       if (n == 1 || cost < best) best = cost, seg_chunks = len;
     }
   }
