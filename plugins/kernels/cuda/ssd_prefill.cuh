@@ -46,8 +46,9 @@ template <typename T, int NT>
 struct SsdTiling {
   using E = T;            // shared-memory element: the activation type itself
   using M = MmaType<T>;   // tensor-core operand type
-  // 8 warps from N = 128 on: twice the warps per multiprocessor of 4 (2 blocks fit either way,
-  // by shared memory), at the price of computing a row tile's scores in both warps sharing it.
+  // 8 warps for states padded to 128 columns or more (N > 64): twice the warps per
+  // multiprocessor of 4 (2 blocks fit either way, by shared memory), at the price of computing
+  // a row tile's scores in both warps sharing it.
   static constexpr int kWarps = NT > 64 ? 8 : 4;
   static constexpr int kThreads = 32 * kWarps;
   // float32 tiles are twice as large: one stage, so that a block fits.
