@@ -11,7 +11,7 @@
 #                                       # mamba-130m and mamba2-130m validated and benched
 #   bash benchmarks/gpu/e2e.sh tests    # the GPU tests (ORT CUDA op, torch ops' CUDA kernels, bench)
 #   bash benchmarks/gpu/e2e.sh large    # mamba-1.4b validation and bench (its export takes minutes)
-#   bash benchmarks/gpu/e2e.sh all      # both, where one command may run that long
+#   bash benchmarks/gpu/e2e.sh all      # small, tests and large, where one command may run that long
 #   bash benchmarks/gpu/e2e.sh summary  # the summary of what $OUT holds (each part ends with it)
 # Logs, JSON and the bench reports go to $OUT (default out/gpu); exports to $WORK.
 set -uo pipefail

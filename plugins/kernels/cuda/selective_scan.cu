@@ -29,9 +29,10 @@ int pow2_at_least(int64_t x) {
 constexpr const char* kPrefillNames[] = {"chained8", "fused_r8", "fused"};
 constexpr const char* kDecodeNames[] = {"decode4", "decode8"};
 
-bool forced(const char* const* names, int count, Kernel first, Plan* plan) {
+template <int kCount>
+bool forced(const char* const (&names)[kCount], Kernel first, Plan* plan) {
   const char* env = std::getenv("MAMBA_KERNELS_SCAN_PLAN");
-  for (int i = 0; env && i < count; ++i) {
+  for (int i = 0; env && i < kCount; ++i) {
     if (!std::strcmp(env, names[i])) {
       plan->kernel = Kernel(int(first) + i);
       return true;
@@ -47,7 +48,7 @@ Plan plan_scan(const mamba_selective_scan_params& p, int multiprocessors) {
   if (p.seqlen == 1) {
     // 4 states per lane (up to 32 lanes), 8 for dstate > 128.
     plan.kernel = p.dstate <= 128 ? Kernel::kDecode4 : Kernel::kDecode8;
-    if (p.dstate <= 128) forced(kDecodeNames, 2, Kernel::kDecode4, &plan);
+    if (p.dstate <= 128) forced(kDecodeNames, Kernel::kDecode4, &plan);
     const int per_lane = plan.kernel == Kernel::kDecode4 ? 4 : 8;
     plan.decode_lanes = pow2_at_least((p.dstate + per_lane - 1) / per_lane);
     return plan;
@@ -56,7 +57,7 @@ Plan plan_scan(const mamba_selective_scan_params& p, int multiprocessors) {
   if (p.dstate > 64) return {Kernel::kDirect128, 1};
   if (p.dstate > 32) return {Kernel::kDirect64, 1};
   if (p.dstate > 16) return {Kernel::kDirect32, 1};
-  if (forced(kPrefillNames, 3, Kernel::kChained16x8, &plan)) return plan;
+  if (forced(kPrefillNames, Kernel::kChained16x8, &plan)) return plan;
   // The fused kernel; with fewer channels, 8 lanes per channel instead of 4, and below
   // ~16 channels per SM the chained kernel, which also splits time (measured on the H100:
   // batch x dim of 1536 runs best chained, 5120 fused with 8 lanes, 12288 and up fused).
