@@ -94,9 +94,7 @@ def _trt_unavailable(device: str) -> str | None:
         tensorrt_plugin_library()
     except MissingDependencyError as e:
         return str(e)
-    if not torch.cuda.is_available():
-        return "no CUDA device visible to PyTorch"
-    # An importable TensorRT may still refuse this GPU (TensorRT-RTX 1.7 on Hopper): a probe
+    # An importable TensorRT may still refuse this GPU (TensorRT-RTX 1.7 on Hopper) or find none: a probe
     # engine says so before an export and a build are spent on it.
     return run_unavailable(trt)
 

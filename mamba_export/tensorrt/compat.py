@@ -149,6 +149,18 @@ def make_logger(trt, verbose: bool = False, quiet: bool = False):
     return logger
 
 
+def compute_capability_target(trt, name: str):
+    """A ``build_engine`` builder_config that makes TensorRT-RTX build for one named compute
+    capability (``trt.ComputeCapability.<name>``, e.g. SM89) instead of the GPU it finds."""
+    capability = getattr(trt.ComputeCapability, name)
+
+    def configure(config):
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(capability, 0)
+
+    return configure
+
+
 def _gpu() -> tuple[str, int | None]:
     """(a description of the current CUDA device, its index), or why there is none."""
     import torch  # not at import: only the probes need it
@@ -164,8 +176,8 @@ def _probe(trt, device: int | None) -> tuple[str | None, str | None]:
     """Builds a one-layer engine with the builder's defaults (for the current GPU) and loads it:
     (TensorRT's errors of the build, of the loading), None for a step that worked.
 
-    TensorRT-RTX, for one, builds for the GPU it finds by default and refuses on GPUs its runtime
-    does not support (Hopper in 1.7), while builds for an explicit target work anywhere; a
+    TensorRT-RTX, for one, builds engines for any GPU but its runtime refuses to load them on
+    GPUs it does not support (1.7 on the H100: the build works, deserialisation fails); a
     trivial engine tells cheaply which case this is. ``device`` only keys the cache."""
     logger = make_logger(trt, quiet=True)  # the failures are the answer, not news for stderr
     try:
@@ -176,7 +188,8 @@ def _probe(trt, device: int | None) -> tuple[str | None, str | None]:
         plan = builder.build_serialized_network(network, builder.create_builder_config())
         if plan is None:
             return " | ".join(logger.errors) or "no message", None
-        engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(plan))
+        runtime = trt.Runtime(logger)  # must outlive the engine
+        engine = runtime.deserialize_cuda_engine(bytes(plan))
         if engine is None or engine.create_execution_context() is None:
             return None, " | ".join(logger.errors) or "no message"
         return None, None

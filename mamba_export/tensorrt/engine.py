@@ -29,7 +29,7 @@ class Engine:
         if self.context is None:
             raise MambaExportError(f"TensorRT could not create an execution context{self.logger.explain()}")
         self._to_torch = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
-                          trt.int32: torch.int32, trt.int64: torch.int64}  # fmt: skip
+                          trt.int32: torch.int32, trt.int64: torch.int64, trt.bool: torch.bool}  # fmt: skip
 
     def dtype(self, name: str) -> torch.dtype:
         """The engine's type of tensor ``name`` (the network is strongly typed: the export's)."""
