@@ -21,11 +21,11 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from . import console
-from .errors import MambaExportError, MissingDependencyError
-from .export.module_export import as_input_tuple, errors_as_one_line, export_module
+from .errors import MambaExportError, MissingDependencyError, errors_as_one_line
+from .export.module_export import as_input_tuple, export_module
 from .export.onnx_export import read_export_info
 from .intercept import route_scans
-from .tensorrt.profiles import ShapeRange
+from .tensorrt.profiles import Profiles, ShapeRange
 from .validate import TOLERANCES, _max_abs_diff
 
 MODULE_BACKENDS = {
@@ -121,24 +121,6 @@ def engine_batch_range(example_batch: int, batch: int, max_batch: int | None = N
     return ShapeRange(1, min(example_batch, high), high).check("batch")
 
 
-def ensure_module_engine(export_dir: Path, batch: ShapeRange, overwrite: bool = False) -> Path:
-    """export_dir/model.plan, one profile over ``batch``: reused when built from the export in
-    ``export_dir`` with that range, else built (replacing another plan only if ``overwrite``)."""
-    from .tensorrt import Profiles, build_engine, read_engine_info
-
-    plan = export_dir / "model.plan"
-    if plan.is_file():
-        held = read_engine_info(plan)
-        wanted = {"module": {"index": 0, "batch": list(batch.as_tuple())}}
-        if held["export"] == read_export_info(export_dir) and held["profiles"] == wanted:
-            console.info(f"Using the engine {plan}")
-            return plan
-        if not overwrite:
-            raise MambaExportError(f"{plan} was built from another export or for another batch range than "
-                                   f"{batch.min}..{batch.max}; pass --overwrite to rebuild it")  # fmt: skip
-    return build_engine(export_dir, plan, profiles=Profiles(batch=batch), overwrite=True)
-
-
 def run_engine(plan: Path, info: dict, inputs) -> list[torch.Tensor]:
     """One run of a module's engine on CUDA, on torch's current stream; the outputs on the CPU."""
     from .tensorrt.engine import Engine
@@ -220,7 +202,10 @@ def validate_module(module: torch.nn.Module, example_inputs, export_dir=None, *,
             raise MambaExportError(f"batch must be at least 1, got {batch}")
         run_inputs = random_inputs(inputs, batch, seed)
         if backend == "trt":
-            plan = ensure_module_engine(export_dir, engine_batch_range(example_batch, batch, max_batch), overwrite)
+            from .backends.factory import ensure_engine
+
+            batch_range = engine_batch_range(example_batch, batch, max_batch)
+            plan = ensure_engine(export_dir, overwrite, Profiles(batch=batch_range))
         with console.step(f"Running {backend} and eager PyTorch at batch {batch}"):
             session = None if backend == "trt" else _session(export_dir, backend)
             # Inputs the model cannot take (e.g. ids past an embedding) fail here, not in tracing.

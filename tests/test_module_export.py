@@ -33,7 +33,7 @@ from transformers.models.mamba.modeling_mamba import MambaMixer
 
 import mamba_export
 from mamba_export import export_onnx
-from mamba_export.backends.factory import backend_unavailable
+from mamba_export.backends.factory import backend_unavailable, ensure_engine
 from mamba_export.cli import main
 from mamba_export.entry_point import load_entry_point
 from mamba_export.errors import MambaExportError, MissingDependencyError
@@ -53,7 +53,6 @@ from mamba_export.tensorrt.compat import make_logger
 from mamba_export.validate_module import (
     InputSpec,
     engine_batch_range,
-    ensure_module_engine,
     example_inputs,
     validate_module,
 )
@@ -900,17 +899,18 @@ def test_module_export_parses_with_the_plugin_and_builds_one_profile(trt, export
         assert (tuple(y.shape), tuple(state.shape)) == ((-1, 32, 16), (-1, 32, 4))
         assert (y.dtype, state.dtype) == (trt.float32, trt.float32)
     batch = engine_batch_range(2, 3)  # the vim example's batch is 2
-    plan = ensure_module_engine(export_dir, batch)
+    plan = ensure_engine(export_dir, profiles=Profiles(batch=batch))
     assert plan == export_dir / "model.plan" and b"SelectiveScan" in plan.read_bytes()
     info = read_engine_info(plan)
     assert info["profiles"] == {"module": {"index": 0, "batch": [1, 2, 8]}}
     assert info["export"] == json.loads((export_dir / "export.json").read_text())
     assert info["plugin"] == {"name": "SelectiveScan", "version": "1", "namespace": ""}
     built = plan.stat().st_mtime_ns
-    assert ensure_module_engine(export_dir, batch) == plan and plan.stat().st_mtime_ns == built  # reused
-    with pytest.raises(MambaExportError, match=r"another batch range than 1\.\.16; pass --overwrite"):
-        ensure_module_engine(export_dir, engine_batch_range(2, 3, 16))
-    ensure_module_engine(export_dir, engine_batch_range(2, 3, 16), overwrite=True)
+    assert ensure_engine(export_dir, profiles=Profiles(batch=batch)) == plan and plan.stat().st_mtime_ns == built
+    wider = Profiles(batch=engine_batch_range(2, 3, 16))
+    with pytest.raises(MambaExportError, match=r"with other profiles; pass --overwrite"):
+        ensure_engine(export_dir, profiles=wider)
+    ensure_engine(export_dir, True, wider)
     assert read_engine_info(plan)["profiles"]["module"]["batch"] == [1, 2, 16]
 
 

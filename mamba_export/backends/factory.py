@@ -99,18 +99,22 @@ def _trt_unavailable(device: str) -> str | None:
     return run_unavailable(trt)
 
 
-def ensure_engine(export_dir: Path, overwrite: bool = False) -> Path:
-    """export_dir/model.plan for the export in ``export_dir``: reused when built from it, else built."""
+def ensure_engine(export_dir: Path, overwrite: bool = False, profiles=None) -> Path:
+    """export_dir/model.plan for the export in ``export_dir``: reused when built from it (and,
+    when ``profiles`` are given, with them), else built (replacing another plan only if
+    ``overwrite``)."""
     from ..tensorrt import build_engine, read_engine_info
 
     plan = export_dir / "model.plan"
     if plan.is_file():
-        if read_engine_info(plan)["export"] == read_export_info(export_dir):
+        held, export = read_engine_info(plan), read_export_info(export_dir)
+        if held["export"] == export and (profiles is None or held["profiles"] == profiles.recorded(export)):
             console.info(f"Using the engine {plan}")
             return plan
         if not overwrite:
-            raise MambaExportError(f"{plan} was built from another export; pass --overwrite to rebuild it")
-    return build_engine(export_dir / "model.onnx", plan, overwrite=True)
+            other = "another export" if profiles is None else "another export or with other profiles"
+            raise MambaExportError(f"{plan} was built from {other}; pass --overwrite to rebuild it")
+    return build_engine(export_dir / "model.onnx", plan, profiles=profiles, overwrite=True)
 
 
 def open_backend(name: str, model: torch.nn.Module, *, export_dir: Path | None = None,

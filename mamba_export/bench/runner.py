@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import console
-from ..errors import MambaExportError
+from ..errors import MambaExportError, first_line
 from ..backends.factory import BACKENDS, backend_unavailable, ensure_engine, ensure_export, needs_export, open_backend
 from ..backends.torch_backend import TorchBackend
 from ..loading import resolve_dtype
@@ -81,8 +81,7 @@ def _bench_backend(name: str, model: torch.nn.Module, reference: TorchBackend, s
         return _measure_backend(result, name, model, reference, s, work_dir)
     except Exception as e:  # one backend that breaks must not lose the others' measurements
         console.info(f"{name} failed: {type(e).__name__}: {e}")
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return {**result, "status": "failed", "reason": f"{type(e).__name__}: {first_line}"[:500]}
+        return {**result, "status": "failed", "reason": f"{type(e).__name__}: {first_line(e)}"[:500]}
 
 
 def _measure_backend(result: dict, name: str, model: torch.nn.Module, reference: TorchBackend, s: Settings,

@@ -8,7 +8,6 @@ version, portable form) are the language-model export's (onnx_export.py).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from ..errors import MambaExportError
+from ..errors import MambaExportError, errors_as_one_line
 from ..intercept import route_scans
 from ..loading import resolve_dtype
 from .onnx_export import (
@@ -76,19 +75,6 @@ def _batch_shapes(inputs: tuple[torch.Tensor, ...]):
         inputs = tuple(torch.cat([t, t]) if t.dim() else t for t in inputs)
     batch = torch.export.Dim("batch")
     return inputs, tuple({0: batch} if t.dim() else None for t in inputs)
-
-
-@contextlib.contextmanager
-def errors_as_one_line(what: str):
-    """Any error but a MambaExportError becomes one: ``what``, the error's type and the first
-    line of its message (torch.export's and ONNX Runtime's run long); the cause stays chained."""
-    try:
-        yield
-    except MambaExportError:
-        raise
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise MambaExportError(f"{what}: {type(e).__name__}: {first}") from e
 
 
 def _trace(module: torch.nn.Module, inputs, dynamic_shapes, source: str) -> torch.export.ExportedProgram:

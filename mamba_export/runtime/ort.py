@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from ..errors import MambaExportError, MissingDependencyError
+from ..errors import MambaExportError, MissingDependencyError, first_line
 from ..native import custom_op_library
 
 # Marks session options that already carry the library: registering it twice makes ORT
@@ -56,8 +56,7 @@ def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_op
                                     providers=float32_cuda(providers or ["CPUExecutionProvider"]))
     except _load_errors(ort) as e:
         what = "the serialized model" if isinstance(model, bytes) else model
-        message = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise MambaExportError(f"ONNX Runtime cannot load {what}: {message}") from e
+        raise MambaExportError(f"ONNX Runtime cannot load {what}: {first_line(e) or type(e).__name__}") from e
 
 
 def float32_cuda(providers: list) -> list:

@@ -62,6 +62,11 @@ class Profiles:
     def to_dict(self) -> dict:
         return {"batch": asdict(self.batch), "sequence": asdict(self.sequence)}
 
+    def recorded(self, info: dict) -> dict:
+        """What an engine built with these profiles for that export records of them (the
+        "profiles" of its sidecar, build_engine)."""
+        return {kind: {"index": i, **record} for i, (kind, (record, _)) in enumerate(self.for_export(info).items())}
+
     def for_export(self, info: dict) -> dict[str, tuple[dict, Callable]]:
         """Profile name -> (what the engine's sidecar records of it, the function giving an
         input's (min, opt, max) shapes from its name and dims), in index order, for the export
