@@ -203,15 +203,10 @@ def _load(model: str, dtype: str):
 
 
 def _cmd_export(args) -> int:
-    import onnx
-
-    from .export.onnx_export import DEFAULT_OPSET, export_onnx
+    from .export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx
 
     _check_output_dir(args.output, "-o/--output")
-    # Outside this range torch's exporter silently writes opset 18 instead.
-    newest = onnx.defs.onnx_opset_version()
-    if args.opset is not None and not DEFAULT_OPSET <= args.opset <= newest:
-        raise MambaExportError(f"--opset must be between {DEFAULT_OPSET} and {newest} (this onnx's newest)")
+    check_opset(args.opset or DEFAULT_OPSET)  # before loading the model
     args.model = _model_arg(args)
     model = _load(args.model, args.dtype)
     kind = "portable ONNX" if args.portable else "ONNX"
@@ -223,10 +218,16 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_validate(args) -> int:
+    # Before loading, exporting and running, which take a while.
+    _check_output_dir(args.onnx, "--onnx")
+    _check_output_file(args.json, "--json", created=args.onnx)  # the demo's report goes into its export
     if args.entry:
         from .validate_module import run_module_validate
 
         return run_module_validate(args)
+    if args.input_shape or args.input_dtype or args.max_batch is not None:
+        raise MambaExportError("--input-shape, --input-dtype and --max-batch go with --entry (a language model's "
+                               "inputs come from --batch and --prompt-len)")  # fmt: skip
     from .backends.factory import open_backend
     from .backends.torch_backend import TorchBackend
     from .loading import resolve_dtype
@@ -235,9 +236,6 @@ def _cmd_validate(args) -> int:
     _positive(args, "batch", "prompt_len")
     if args.decode_steps < 0:
         raise MambaExportError("--decode-steps must be 0 or more")
-    # Before loading, exporting and running, which take a while.
-    _check_output_dir(args.onnx, "--onnx")
-    _check_output_file(args.json, "--json", created=args.onnx)  # the demo's report goes into its export
     args.model = _model_arg(args)
     reference = _load(args.model, "fp32")
     dtype = resolve_dtype(args.dtype)

@@ -187,13 +187,15 @@ BAD_INPUT = {
     "generate onnx is a file": (["generate", "--backend", "ort", "--onnx", "FILE", "--prompt", "x"],
                                 "--onnx FILE: not a directory"),
     "export into a file": (["export", "-o", "FILE"], "-o/--output FILE: not a directory"),
-    "opset too old": (["export", "-o", "OUT", "--opset", "17"], "--opset must be between 18 and"),
+    "opset too old": (["export", "-o", "OUT", "--opset", "17"], "opset must be between 18 and"),
     "corrupt model.onnx": (["validate", "--onnx", "CORRUPT"],
                            "ONNX Runtime cannot load CORRUPT/model.onnx: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF"),
     "corrupt export.json": (["validate", "--onnx", "BAD_INFO"], "BAD_INFO/export.json: not valid JSON"),
     "no new tokens": (["generate", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     "negative temperature": (["generate", "--prompt", "x", "--temperature", "-1"], "--temperature must be 0"),
     "bad device": (["validate", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    "entry option without --entry": (["validate", "--max-batch", "4"],
+                                     "--input-shape, --input-dtype and --max-batch go with --entry"),
 }  # fmt: skip
 
 
@@ -209,7 +211,9 @@ def test_bad_input_is_one_line_and_exit_2(case, paths, capsys):
     assert not paths["OUT"].exists(), "nothing is written"
 
 
-def test_path_errors_come_before_any_work(capsys):
+@pytest.mark.parametrize("entry", [[], ["--entry", "module_models:build_vision", "--input-shape", "1,3,16,12"]],
+                         ids=["model", "entry"])
+def test_path_errors_come_before_any_work(capsys, entry):
     """Without -q, nothing is loaded or exported before a bad --json is refused."""
-    code, _, err = cli(capsys, "validate", "--json", "/nonexistent/dir/report.json")
+    code, _, err = cli(capsys, "validate", *entry, "--json", "/nonexistent/dir/report.json")
     assert code == 2 and err.count("\n") == 1

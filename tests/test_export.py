@@ -260,7 +260,13 @@ def test_exported_graph_infers_scan_shapes(exports):
 
 
 def test_export_json_records_the_opset_written(model, tmp_path):
-    """torch's exporter writes its lowest opset (18) when asked for less: export.json says what is in the file."""
-    path = export_onnx(model, tmp_path, opset=17)
+    path = export_onnx(model, tmp_path, opset=19)
     written = {o.domain: o.version for o in onnx.load(str(path)).opset_import}
-    assert json.loads((tmp_path / "export.json").read_text())["opset"] == written[""] >= 18
+    assert json.loads((tmp_path / "export.json").read_text())["opset"] == written[""] == 19
+
+
+def test_export_refuses_an_opset_it_would_not_write(model, tmp_path):
+    """torch's exporter writes its lowest opset (18) when asked for less, without a word."""
+    with pytest.raises(mamba_export.MambaExportError, match="opset must be between 18 and .*, not 17"):
+        export_onnx(model, tmp_path / "out", opset=17)
+    assert not (tmp_path / "out").exists()

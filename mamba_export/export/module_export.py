@@ -24,6 +24,7 @@ from .onnx_export import (
     DEFAULT_OPSET,
     needs_external_data,
     quiet_exporter,
+    check_opset,
     reserve_output,
     tool_versions,
     write_export,
@@ -138,6 +139,7 @@ def export_module(
         inputs = tuple(t.to(target) if t.is_floating_point() else t for t in inputs)
     source = source or f"{type(module).__module__}.{type(module).__qualname__}"
     in_names = _names(input_names, len(inputs), _default_input_names(module, len(inputs)), "input_names")
+    check_opset(opset)
     out_dir = Path(out_dir)
     reserve_output(out_dir, overwrite)
 

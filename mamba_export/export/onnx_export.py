@@ -126,6 +126,14 @@ def tool_versions() -> dict:
             "onnxscript": onnxscript.__version__}  # fmt: skip
 
 
+def check_opset(opset: int) -> None:
+    """Refuses an opset that would not be the one written: below DEFAULT_OPSET torch's exporter
+    silently writes DEFAULT_OPSET, above the installed onnx's newest it cannot convert."""
+    newest = onnx.defs.onnx_opset_version()
+    if not DEFAULT_OPSET <= opset <= newest:
+        raise MambaExportError(f"opset must be between {DEFAULT_OPSET} and {newest} (this onnx's newest), not {opset}")
+
+
 def export_onnx(
     model_or_path,
     out_dir: str | os.PathLike,
@@ -146,6 +154,7 @@ def export_onnx(
     ``export_onnx(module, example_inputs, out_dir, ...)``, with a tensor or a tuple of tensors
     second, exports any nn.Module that calls a selective scan: ``module_export.export_module``.
     """
+    check_opset(opset)
     if isinstance(out_dir, (torch.Tensor, tuple, list)):
         from .module_export import export_module
 
@@ -203,7 +212,7 @@ def write_export(out_dir: Path, program, info: dict, metadata_keys, started: flo
         path = Path(scratch) / "model.onnx"
         program.save(str(path), external_data=info["external_data"])
         proto = onnx.load(str(path), load_external_data=False)  # weights stay where they are
-        # What was written: torch's exporter raises an opset below its lowest without a word.
+        # What was written (check_opset keeps it the opset asked for).
         info["opset"] = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
         if describe is not None:
             info.update(describe(proto))
