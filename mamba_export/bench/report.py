@@ -52,7 +52,9 @@ def markdown(model: str, settings: dict, results: list[dict]) -> str:
         f"median of {settings['repeat']} runs after {settings['warmup']} warm-up (p10–p90 in brackets). "
         "Every timed backend first matched eager PyTorch (float32) within the validation tolerances. "
         "Setup = ONNX export / engine build / session or engine load."
-        + (" Device MB = memory the backend holds on the GPU after its runs (weights included)." if on_gpu else ""),
+        + (" Device MB = growth of the GPU's memory in use (the whole device, as cudaMemGetInfo counts it: "
+           "other processes show too) from before the backend's setup to after its runs (weights included)."
+           if on_gpu else ""),
         "",
         "| backend | batch | prompt | prefill ms | prefill tok/s | decode ms/token | decode tok/s "
         "| prefill vs torch | decode vs torch | peak RSS MB |" + (" device MB |" if on_gpu else "") + " setup s |",
