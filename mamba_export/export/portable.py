@@ -11,6 +11,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
+from ..ops.contract import SELECTIVE_SCAN, SSD_SCAN
 from .schemas import DOMAIN
 
 F32 = TensorProto.FLOAT
@@ -127,19 +128,19 @@ def _ssd_scan(b: _Builder, inputs: list[str], opt: dict, attrs: dict) -> tuple[s
     return y, final_state, xf
 
 
-# op type -> (its optional inputs in packing order, the recurrence's expansion)
+# op type -> (its contract: the inputs in packing order, the recurrence's expansion)
 _SCANS = {
-    "SelectiveScan": (("D", "z", "delta_bias", "initial_state"), _selective_scan),
-    "SSDScan": (("D", "z", "dt_bias", "initial_state"), _ssd_scan),
+    "SelectiveScan": (SELECTIVE_SCAN, _selective_scan),
+    "SSDScan": (SSD_SCAN, _ssd_scan),
 }
 
 
 def _expand(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
-    optional, recurrence = _SCANS[node.op_type]
+    contract, recurrence = _SCANS[node.op_type]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     inputs = iter(node.input)
-    required = [next(inputs) for _ in range(5)]
-    opt = {name: next(inputs) if attrs.get(f"has_{name}", 0) else None for name in optional}
+    required = [next(inputs) for _ in contract.required]
+    opt = {o.name: next(inputs) if attrs.get(f"has_{o.name}", 0) else None for o in contract.optional}
     b = _Builder(f"portable_scan_{index}")
     y, final_state, xf = recurrence(b, required, opt, attrs)
     # Skip and gate: D [channels or heads] scales dim 1 (SelectiveScan's u) or 2 (SSDScan's x),

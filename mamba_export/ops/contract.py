@@ -1,16 +1,22 @@
-"""Input checks of the custom ops, written once from docs/ops.md.
+"""The custom ops' contract (docs/ops.md) as data, and the input checks read from it.
 
-The torch op and its fake (export-time) implementation both call these, so a contract
-violation is a clear ``ContractError`` at the call site, in eager mode and while exporting.
+Each op's Inputs and Outputs tables are written here once: the checks below and the ONNX
+schemas with their shape inference (export/schemas.py) both read them. The torch op and its
+fake (export-time) implementation both call ``check``, so a contract violation is a clear
+``ContractError`` at the call site, in eager mode and while exporting.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import MambaExportError
 
 ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The torch messages spell these symbols as mamba_ssm's arguments do.
+_WORDS = {"L": "seqlen", "N": "dstate", "G": "groups", "H": "heads", "P": "headdim"}
 
 
 class ContractError(MambaExportError, ValueError):
@@ -26,6 +32,10 @@ def _shape(t: torch.Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
+def _words(symbols: tuple[str, ...]) -> str:
+    return ", ".join(_WORDS.get(s, s) for s in symbols)
+
+
 def check_tensor(op: str, name: str, t: torch.Tensor | None, shape: tuple, dtypes) -> None:
     """Checks rank, every named dimension and the dtype of one (optional) input."""
     if t is None:
@@ -38,42 +48,94 @@ def check_tensor(op: str, name: str, t: torch.Tensor | None, shape: tuple, dtype
     _require(t.dtype in dtypes, op, f"{name} must be one of ({names}), got {str(t.dtype).removeprefix('torch.')}")
 
 
-def check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
-    op = "mamba::selective_scan"
-    _require(u.dim() == 3, op, f"u must have shape [batch, dim, seqlen], got {_shape(u)}")
-    _require(u.dtype in ACTIVATION_DTYPES, op, f"u must be float32, float16 or bfloat16, got {u.dtype}")
-    batch, dim, length = u.shape
-    _require(A.dim() == 2, op, f"A must have shape [dim, dstate], got {_shape(A)}")
-    _require(B.dim() == 4, op, f"B must have shape [batch, groups, dstate, seqlen], got {_shape(B)}")
-    d_state, groups = A.shape[1], B.shape[1]
-    _require(groups >= 1 and dim % groups == 0, op, f"dim ({dim}) must be a multiple of groups ({groups})")
-    act = (u.dtype,)
-    f32 = (torch.float32,)
-    check_tensor(op, "delta", delta, (batch, dim, length), act)
-    check_tensor(op, "A", A, (dim, d_state), f32)
-    check_tensor(op, "B", B, (batch, groups, d_state, length), act)
-    check_tensor(op, "C", C, (batch, groups, d_state, length), act)
-    check_tensor(op, "D", D, (dim,), f32)
-    check_tensor(op, "z", z, (batch, dim, length), act)
-    check_tensor(op, "delta_bias", delta_bias, (dim,), f32)
-    check_tensor(op, "initial_state", initial_state, (batch, dim, d_state), f32)
+@dataclass(frozen=True)
+class Operand:
+    """One row of an Inputs or Outputs table: its shape in the page's symbols, its type
+    float32 or else the activation type T (that of input 0)."""
+
+    name: str
+    shape: tuple[str, ...]
+    float32: bool = False
+    optional: bool = False
 
 
-def check_ssd_scan(x, dt, A, B, C, D, z, dt_bias, initial_state) -> None:
-    op = "mamba::ssd_scan"
-    _require(x.dim() == 4, op, f"x must have shape [batch, seqlen, heads, headdim], got {_shape(x)}")
-    _require(x.dtype in ACTIVATION_DTYPES, op, f"x must be float32, float16 or bfloat16, got {x.dtype}")
-    batch, length, heads, head_dim = x.shape
-    _require(B.dim() == 4, op, f"B must have shape [batch, seqlen, groups, dstate], got {_shape(B)}")
-    groups, d_state = B.shape[2], B.shape[3]
-    _require(groups >= 1 and heads % groups == 0, op, f"heads ({heads}) must be a multiple of groups ({groups})")
-    act = (x.dtype,)
-    f32 = (torch.float32,)
-    check_tensor(op, "dt", dt, (batch, length, heads), act)
-    check_tensor(op, "A", A, (heads,), f32)
-    check_tensor(op, "B", B, (batch, length, groups, d_state), act)
-    check_tensor(op, "C", C, (batch, length, groups, d_state), act)
-    check_tensor(op, "D", D, (heads,), f32)
-    check_tensor(op, "z", z, (batch, length, heads, head_dim), act)
-    check_tensor(op, "dt_bias", dt_bias, (heads,), f32)
-    check_tensor(op, "initial_state", initial_state, (batch, heads, head_dim, d_state), f32)
+@dataclass(frozen=True)
+class OpContract:
+    """One op's tables: inputs in packing order (the required ones, then the optional ones),
+    outputs; ``grouped`` is the symbol that must be a multiple of G."""
+
+    torch_name: str
+    inputs: tuple[Operand, ...]
+    outputs: tuple[Operand, ...]
+    grouped: str
+
+    @property
+    def required(self) -> tuple[Operand, ...]:
+        return tuple(o for o in self.inputs if not o.optional)
+
+    @property
+    def optional(self) -> tuple[Operand, ...]:
+        return tuple(o for o in self.inputs if o.optional)
+
+    def check(self, *tensors: torch.Tensor | None) -> None:
+        """Checks the op's inputs, given in table order (None for an absent optional one).
+        Each symbol's size comes from the first required input that has it, so the ranks of
+        those inputs and input 0's type are checked first; then every input against them."""
+        op = self.torch_name
+        sizes: dict = {}
+        for index, (operand, t) in enumerate(zip(self.required, tensors)):
+            if all(s in sizes for s in operand.shape):
+                continue
+            _require(t.dim() == len(operand.shape), op,
+                     f"{operand.name} must have shape [{_words(operand.shape)}], got {_shape(t)}")
+            if index == 0:
+                _require(t.dtype in ACTIVATION_DTYPES, op,
+                         f"{operand.name} must be float32, float16 or bfloat16, got {t.dtype}")
+            for symbol, size in zip(operand.shape, t.shape):
+                sizes.setdefault(symbol, size)
+        whole, groups = sizes[self.grouped], sizes["G"]
+        _require(groups >= 1 and whole % groups == 0, op,
+                 f"{_words((self.grouped,))} ({whole}) must be a multiple of groups ({groups})")
+        activation = (tensors[0].dtype,)
+        for operand, t in zip(self.inputs, tensors, strict=True):
+            dtypes = (torch.float32,) if operand.float32 else activation
+            check_tensor(op, operand.name, t, tuple(sizes[s] for s in operand.shape), dtypes)
+
+
+def _operand(name: str, shape: str, float32: bool = False, optional: bool = False) -> Operand:
+    return Operand(name, tuple(shape.split()), float32, optional)
+
+
+SELECTIVE_SCAN = OpContract(
+    "mamba::selective_scan",
+    inputs=(
+        _operand("u", "batch dim L"),
+        _operand("delta", "batch dim L"),
+        _operand("A", "dim N", float32=True),
+        _operand("B", "batch G N L"),
+        _operand("C", "batch G N L"),
+        _operand("D", "dim", float32=True, optional=True),
+        _operand("z", "batch dim L", optional=True),
+        _operand("delta_bias", "dim", float32=True, optional=True),
+        _operand("initial_state", "batch dim N", float32=True, optional=True),
+    ),
+    outputs=(_operand("y", "batch dim L"), _operand("final_state", "batch dim N", float32=True)),
+    grouped="dim",
+)
+
+SSD_SCAN = OpContract(
+    "mamba::ssd_scan",
+    inputs=(
+        _operand("x", "batch L H P"),
+        _operand("dt", "batch L H"),
+        _operand("A", "H", float32=True),
+        _operand("B", "batch L G N"),
+        _operand("C", "batch L G N"),
+        _operand("D", "H", float32=True, optional=True),
+        _operand("z", "batch L H P", optional=True),
+        _operand("dt_bias", "H", float32=True, optional=True),
+        _operand("initial_state", "batch H P N", float32=True, optional=True),
+    ),
+    outputs=(_operand("y", "batch L H P"), _operand("final_state", "batch H P N", float32=True)),
+    grouped="H",
+)

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import MissingDependencyError
 from ..native import kernels_library
-from .contract import ContractError, check_selective_scan, check_ssd_scan
+from .contract import SELECTIVE_SCAN, SSD_SCAN, ContractError
 from .selective_scan import selective_scan, selective_scan_reference
 from .ssd_scan import ssd_scan, ssd_scan_reference
 
@@ -175,7 +175,7 @@ def _same_device(op: str, first: str, tensors: dict) -> None:
 @selective_scan.register_kernel("cuda")
 def _selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
                          delta_softplus=False):
-    check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    SELECTIVE_SCAN.check(u, delta, A, B, C, D, z, delta_bias, initial_state)
     tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
     _same_device("mamba::selective_scan", "u", tensors)
     lib = _library_or_none("mamba::selective_scan")
@@ -196,7 +196,7 @@ def _selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, ini
 @ssd_scan.register_kernel("cuda")
 def _ssd_scan_cuda(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None, dt_softplus=False, dt_min=0.0,
                    dt_max=None):
-    check_ssd_scan(x, dt, A, B, C, D, z, dt_bias, initial_state)
+    SSD_SCAN.check(x, dt, A, B, C, D, z, dt_bias, initial_state)
     tensors = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
     _same_device("mamba::ssd_scan", "x", tensors)
     options = dict(dt_softplus=dt_softplus, dt_min=dt_min, dt_max=dt_max)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .autograd import register_recompute_autograd
 from .contract import ContractError  # noqa: F401  (re-exported: the op raises it)
-from .contract import check_selective_scan
+from .contract import SELECTIVE_SCAN
 
 # Sequence positions whose dA / dB*u are materialised at once: bounds the reference's
 # memory to O(batch * dim * CHUNK * d_state) whatever the sequence length.
@@ -95,13 +95,13 @@ def selective_scan(
     delta_softplus: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``mamba::selective_scan``: see docs/ops.md. Returns (y, final_state)."""
-    check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    SELECTIVE_SCAN.check(u, delta, A, B, C, D, z, delta_bias, initial_state)
     return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
 
 
 @selective_scan.register_fake
 def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None, delta_softplus=False):
-    check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    SELECTIVE_SCAN.check(u, delta, A, B, C, D, z, delta_bias, initial_state)
     return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
 
 
