@@ -21,10 +21,12 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from . import console
+from .backends.factory import backend_unavailable, ensure_engine
 from .errors import MambaExportError, MissingDependencyError, errors_as_one_line
 from .export.module_export import as_input_tuple, export_module
 from .export.onnx_export import read_export_info
 from .intercept import route_scans
+from .runtime.ort import ort_session
 from .tensorrt.profiles import Profiles, ShapeRange
 from .validate import TOLERANCES, _max_abs_diff
 
@@ -97,18 +99,10 @@ def ensure_module_export(module, inputs, export_dir: Path, *, portable: bool, so
 
 
 def _session(export_dir: Path, backend: str):
-    from .runtime.ort import cuda_unavailable, ort_session  # it says so where onnxruntime is missing
-
     path = export_dir / "model.onnx"
     if backend == "ort-portable":
         return ort_session(path, custom_ops=False)
-    providers = ["CPUExecutionProvider"]
-    if backend == "ort-cuda":
-        reason = cuda_unavailable()
-        if reason:
-            raise MissingDependencyError(f"backend ort-cuda: {reason}")
-        providers.insert(0, "CUDAExecutionProvider")
-
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "ort-cuda" else ["CPUExecutionProvider"]
     return ort_session(path, providers=providers)
 
 
@@ -177,12 +171,10 @@ def validate_module(module: torch.nn.Module, example_inputs, export_dir=None, *,
         raise MambaExportError(f"unknown reference '{reference}'; choose from {', '.join(REFERENCES)}")
     if max_batch is not None and backend != "trt":
         raise MambaExportError("max_batch (--max-batch) bounds the trt engine's batch; other backends take any batch")
-    if backend == "trt":  # before an export and a build are spent on it
-        from .backends.factory import backend_unavailable
-
-        reason = backend_unavailable("trt")
-        if reason:
-            raise MissingDependencyError(f"backend trt: {reason}")
+    # The one availability check (each module backend has its device), before an export and a build are spent.
+    reason = backend_unavailable(backend)
+    if reason:
+        raise MissingDependencyError(f"backend {backend}: {reason}")
     inputs = as_input_tuple(example_inputs)
     # numpy, hence ORT's Python feeds, has no bfloat16; the trt backend binds torch tensors.
     if backend != "trt" and any(t.dtype == torch.bfloat16 for t in inputs):
@@ -202,8 +194,6 @@ def validate_module(module: torch.nn.Module, example_inputs, export_dir=None, *,
             raise MambaExportError(f"batch must be at least 1, got {batch}")
         run_inputs = random_inputs(inputs, batch, seed)
         if backend == "trt":
-            from .backends.factory import ensure_engine
-
             batch_range = engine_batch_range(example_batch, batch, max_batch)
             plan = ensure_engine(export_dir, overwrite, Profiles(batch=batch_range))
         with console.step(f"Running {backend} and eager PyTorch at batch {batch}"):
