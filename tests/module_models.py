@@ -51,18 +51,19 @@ class TokenTagger(nn.Module):
         return self.head(y.transpose(1, 2))
 
 
-def _perturbed(model: nn.Module) -> nn.Module:
-    """Every parameter off its initial value (no term trivially 0 or 1), the same each call."""
-    g = torch.Generator().manual_seed(0)
+def perturbed(model: nn.Module) -> nn.Module:
+    """Eval mode, every parameter moved off its initial value (so no term is trivially 0 or 1),
+    the same each call. Seeds torch's global generator, so a test's next draws are fixed too."""
+    torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
 
 
 def build_vision():
-    return _perturbed(PatchScan())
+    return perturbed(PatchScan())
 
 
 def build_tagger():
-    return _perturbed(TokenTagger())
+    return perturbed(TokenTagger())

@@ -57,11 +57,12 @@ from mamba_export.validate_module import (
     validate_module,
 )
 
-# Imported like user code does. The shim is removed again so that no other test module sees
-# a mamba_ssm (transformers would pick it up as its kernel package).
+# Imported like user code does (module_models imports mamba_ssm too). The shim is removed again
+# so that no other test module sees a mamba_ssm (transformers would pick it up as its kernel package).
 SHIMMED = install_mamba_ssm_shim()
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    from module_models import perturbed
 finally:
     uninstall_mamba_ssm_shim()
 
@@ -158,15 +159,6 @@ class MixerTagger(nn.Module):
         for mixer in self.mixers:
             h = h + mixer(h)
         return self.head(h)
-
-
-def perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Eval mode, every parameter moved off its initial value (so no term is trivially 0 or 1)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
 
 
 def scan_nodes(proto):
