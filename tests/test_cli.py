@@ -124,6 +124,27 @@ def test_validate_report_may_go_into_the_export_it_makes(tmp_path, capsys):
     assert json.loads((export / "validation.json").read_text())["passed"] is True
 
 
+def test_an_export_of_the_default_model_is_reused_from_other_directories(tmp_path, monkeypatch, capsys):
+    """From the checkout the default model is models/mamba1-pystdlib; its export records the
+    resolved path, so the model is recognised from anywhere and however it is named."""
+    export = tmp_path / "export"
+    quick = ("--onnx", export, "--batch", 1, "--prompt-len", 4, "--decode-steps", 1)
+    monkeypatch.chdir(DEFAULT_MODEL.parents[1])
+    code, _, err = cli(capsys, "validate", *quick)
+    assert code == 0 and "Exporting models/mamba1-pystdlib to ONNX" in err, err
+    info = json.loads((export / "export.json").read_text())
+    assert info["source"] == SHIPPED
+    for cwd, model in ((tmp_path, []), (DEFAULT_MODEL.parent, ["./mamba1-pystdlib"])):
+        monkeypatch.chdir(cwd)
+        code, _, err = cli(capsys, "validate", *model, *quick)
+        assert code == 0 and f"Using the export in {export}" in err, err
+    # An export that recorded the relative name (earlier versions) is still recognised where it was made.
+    (export / "export.json").write_text(json.dumps({**info, "source": "models/mamba1-pystdlib"}))
+    monkeypatch.chdir(DEFAULT_MODEL.parents[1])
+    code, _, err = cli(capsys, "validate", *quick)
+    assert code == 0 and f"Using the export in {export}" in err, err
+
+
 def test_validate_fails_on_a_tampered_export(shipped_export, tmp_path, capsys):
     """One layer's D off by 1% in model.onnx, export.json unchanged: the export is reused and
     validation must fail (exit 1), on the logits and state errors."""

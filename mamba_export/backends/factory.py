@@ -9,7 +9,7 @@ import torch
 
 from .. import console
 from ..errors import MambaExportError
-from ..export.onnx_export import export_onnx, read_export_info
+from ..export.onnx_export import export_onnx, read_export_info, recorded_source
 from ..runtime.ort import cuda_unavailable
 from .base import Backend
 from .torch_backend import TorchBackend
@@ -33,7 +33,8 @@ def ensure_export(model: torch.nn.Module, export_dir: Path, *, portable: bool, o
     source = getattr(model, "source", "<module>")
     if (export_dir / "export.json").is_file() and not overwrite:
         info = read_export_info(export_dir)
-        if _same_source(info["source"], source) and (info["dtype"], info["portable"]) == (dtype, portable):
+        held = (recorded_source(info["source"]), info["dtype"], info["portable"])
+        if held == (recorded_source(source), dtype, portable):
             console.info(f"Using the export in {export_dir}")
             return export_dir
         raise MambaExportError(
@@ -44,14 +45,6 @@ def ensure_export(model: torch.nn.Module, export_dir: Path, *, portable: bool, o
     with console.step(f"Exporting {source} to {kind} ({dtype}) in {export_dir}"):
         export_onnx(model, export_dir, portable=portable, overwrite=overwrite)
     return export_dir
-
-
-def _same_source(recorded: str, source: str) -> bool:
-    """One checkpoint however its path is spelled (models/x, ./models/x, /abs/models/x)."""
-    if recorded == source:
-        return True
-    a, b = Path(recorded), Path(source)
-    return a.exists() and b.exists() and a.resolve() == b.resolve()
 
 
 def backend_unavailable(name: str, device: str | None = None) -> str | None:

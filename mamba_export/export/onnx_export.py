@@ -170,8 +170,9 @@ def export_onnx(
     model_dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
     started = time.perf_counter()
     program = _trace(model, opset)
+    source = getattr(model, "source", model_or_path if isinstance(model_or_path, (str, os.PathLike)) else "<module>")
     info = {
-        "source": str(getattr(model, "source", model_or_path if isinstance(model_or_path, (str, os.PathLike)) else "<module>")),
+        "source": recorded_source(str(source)),
         "architecture": cfg.architecture,
         "config": cfg.to_dict(),
         "dtype": model_dtype,
@@ -185,6 +186,15 @@ def export_onnx(
     }
     info["external_data"] = needs_external_data(model)
     return write_export(out_dir, program, info, ("architecture", "config", "portable"), started)
+
+
+def recorded_source(source: str) -> str:
+    """A checkpoint as export.json names it: a local directory by its resolved absolute path, so
+    that the export is recognised from any working directory however the path is spelled; a hub
+    id or a model's own name as is. A relative path that earlier versions recorded resolves
+    against the current directory, as they compared it: where it was exported from is unknown."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.is_dir() else source
 
 
 def state_layout(model: torch.nn.Module) -> dict:
