@@ -60,22 +60,35 @@ cudaError_t launch_fused(ScanArgs a, int64_t batch, cudaStream_t stream) {
                                                             size_t(K::kSmemFloats) * sizeof(float), stream);
 }
 
+template <typename T, int NS, int R>
+cudaError_t launch_decode_lanes(const ScanArgs& a, int64_t batch, cudaStream_t stream) {
+  // One grid row per batch row (a grid row loops when batch exceeds the grid's 65535).
+  const dim3 grid(unsigned((a.dim + kDecodeThreads / R - 1) / (kDecodeThreads / R)),
+                  unsigned(batch < 65535 ? batch : 65535));
+  const bool full = a.N == R * NS && a.vec == (kVecState | kVecB | kVecC) && a.G == 1 && a.h0 &&
+                    batch * a.N < (int64_t{1} << 31) && a.dim * a.N < (int64_t{1} << 31);
+  if (full) {
+    scan_decode<T, NS, R, true><<<grid, kDecodeThreads, 0, stream>>>(a, int(batch));
+  } else {
+    scan_decode<T, NS, R, false><<<grid, kDecodeThreads, 0, stream>>>(a, int(batch));
+  }
+  return cudaGetLastError();
+}
+
 template <typename T, int NS>
 cudaError_t launch_decode(ScanArgs a, int R, int64_t batch, cudaStream_t stream) {
-  int log2_lanes = 0;
-  while ((1 << log2_lanes) < R) ++log2_lanes;
   constexpr int ws = pack_align<float, NS>(), wbc = pack_align<T, NS>(), e = sizeof(T);
   const bool state = aligned(a.A, a.N, 4, ws) && aligned(a.hT, a.N, 4, ws) && (!a.h0 || aligned(a.h0, a.N, 4, ws));
   a.vec = (state ? kVecState : 0) | (aligned(a.B, a.N, e, wbc) ? kVecB : 0) | (aligned(a.C, a.N, e, wbc) ? kVecC : 0);
-  constexpr int kThreads = 64;  // small blocks: a batch-1 step still spreads over every SM
-  // One grid row per batch row (a grid row loops when batch exceeds the grid's 65535).
-  const dim3 grid(unsigned((a.dim * R + kThreads - 1) / kThreads), unsigned(batch < 65535 ? batch : 65535));
-  if (a.N == R * NS && a.vec == (kVecState | kVecB | kVecC)) {
-    scan_decode<T, NS, true><<<grid, kThreads, 0, stream>>>(a, log2_lanes, int(batch));
-  } else {
-    scan_decode<T, NS, false><<<grid, kThreads, 0, stream>>>(a, log2_lanes, int(batch));
+  switch (R) {
+    case 1: return launch_decode_lanes<T, NS, 1>(a, batch, stream);
+    case 2: return launch_decode_lanes<T, NS, 2>(a, batch, stream);
+    case 4: return launch_decode_lanes<T, NS, 4>(a, batch, stream);
+    case 8: return launch_decode_lanes<T, NS, 8>(a, batch, stream);
+    case 16: return launch_decode_lanes<T, NS, 16>(a, batch, stream);
+    case 32: return launch_decode_lanes<T, NS, 32>(a, batch, stream);
   }
-  return cudaGetLastError();
+  return cudaErrorInvalidValue;
 }
 
 template <typename T>
