@@ -77,22 +77,31 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_b
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-// ROWS x COLS of g (row stride `stride`) into s (row stride ld); rows >= rows_valid or
-// columns >= cols_valid read as zero. vec: 16-byte aligned rows and cols_valid a multiple of
-// 16 bytes, loaded with cp.async (completed by cp_async_wait_all); else plain loads.
-template <int ROWS, int COLS, typename E>
+// ROWS x COLS of g (row stride `stride`) into s (row stride ld) by the block's kThreads
+// threads; rows >= rows_valid or columns >= cols_valid read as zero. vec: 16-byte aligned
+// rows and cols_valid a multiple of 16 bytes, loaded with cp.async (completed by
+// cp_async_wait_all); else plain loads. A thread's copies share its column and are a fixed
+// number of rows apart, so the unrolled loop is an address increment and a row check per
+// copy (a strided loop with per-copy divisions cost ~250 instructions per chunk).
+template <int ROWS, int COLS, int kThreads, typename E>
 __device__ __forceinline__ void load_tile(E* s, int ld, const E* g, int64_t stride, int rows_valid, int cols_valid,
                                           bool vec) {
   constexpr int V = 16 / int(sizeof(E));
   if (vec) {
     constexpr int kPerRow = COLS / V;
-    for (int c = threadIdx.x; c < ROWS * kPerRow; c += blockDim.x) {
-      const int r = c / kPerRow, col = (c % kPerRow) * V;
-      const bool ok = r < rows_valid && col < cols_valid;
-      cp_async16(s + r * ld + col, ok ? g + r * stride + col : g, ok ? 16 : 0);
+    static_assert(kThreads % kPerRow == 0 && (ROWS * kPerRow) % kThreads == 0, "tile shape");
+    constexpr int kRowStep = kThreads / kPerRow, kCopies = ROWS * kPerRow / kThreads;
+    const int r = threadIdx.x / kPerRow, col = (threadIdx.x % kPerRow) * V;
+    const bool col_ok = col < cols_valid;
+    const E* src = g + r * stride + col;
+    const int64_t src_step = kRowStep * stride;
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i, src += src_step) {
+      const bool ok = col_ok && r + i * kRowStep < rows_valid;
+      cp_async16(s + (r + i * kRowStep) * ld + col, ok ? src : g, ok ? 16 : 0);
     }
   } else {
-    for (int c = threadIdx.x; c < ROWS * COLS; c += blockDim.x) {
+    for (int c = threadIdx.x; c < ROWS * COLS; c += kThreads) {
       const int r = c / COLS, col = c % COLS;
       s[r * ld + col] = r < rows_valid && col < cols_valid ? g[r * stride + col] : from_float<E>(0.f);
     }
@@ -169,10 +178,10 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
   auto issue_loads = [&](int stage, int64_t t0) {
     E* s = stage0 + stage * K::kStageElems;
     const int rows = int(min(int64_t(Q), t_end - t0));
-    load_tile<Q, kSsdPT>(s, K::LX, x + t0 * x_stride, x_stride, rows, p_valid, vec_x);
+    load_tile<Q, kSsdPT, K::kThreads>(s, K::LX, x + t0 * x_stride, x_stride, rows, p_valid, vec_x);
     E* sB = s + Q * K::LX;
-    load_tile<Q, NT>(sB, K::LB, Bg + t0 * bc_stride, bc_stride, rows, a.N, vec_bc);
-    if (!kStatesOnly) load_tile<Q, NT>(sB + Q * K::LB, K::LB, Cg + t0 * bc_stride, bc_stride, rows, a.N, vec_bc);
+    load_tile<Q, NT, K::kThreads>(sB, K::LB, Bg + t0 * bc_stride, bc_stride, rows, a.N, vec_bc);
+    if (!kStatesOnly) load_tile<Q, NT, K::kThreads>(sB + Q * K::LB, K::LB, Cg + t0 * bc_stride, bc_stride, rows, a.N, vec_bc);
     cp_async_commit();
   };
 
