@@ -1,6 +1,8 @@
 """`mamba-export validate --entry` asks once, before exporting, whether the backend can run
 here: a backend that cannot is the one-line error, and no export directory is made."""
 
+import sys
+
 import pytest
 
 from mamba_export import validate_module
@@ -43,3 +45,17 @@ def test_every_backend_is_asked_once_before_the_export(cli, monkeypatch, tmp_pat
     code, out, err = cli(*VISION, "--backend", backend, "--onnx", tmp_path / "onnx")
     assert (code, out, err) == (2, "", f"mamba-export validate: error: backend {backend}: no such thing\n")
     assert asked == [(backend,)] and not (tmp_path / "onnx").exists()
+
+
+def test_ort_without_its_custom_op_library_is_refused_before_the_export(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("MAMBA_EXPORT_ORT_LIBRARY", str(tmp_path / "missing.so"))
+    code, out, err = cli(*VISION, "--backend", "ort", "--onnx", tmp_path / "onnx")
+    assert (code, out) == (2, "")
+    assert err == f"mamba-export validate: error: backend ort: MAMBA_EXPORT_ORT_LIBRARY={tmp_path / 'missing.so'}: no such file\n"
+    assert not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.parametrize("backend", ["ort", "ort-portable", "ort-cuda"])
+def test_without_onnxruntime_the_reason_says_how_to_install_it(monkeypatch, backend):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    assert backend_unavailable(backend).startswith("onnxruntime is not installed: pip install onnxruntime")

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from .. import console
-from ..errors import MambaExportError
+from ..errors import MambaExportError, MissingDependencyError
 from ..export.onnx_export import export_onnx, read_export_info, recorded_source
-from ..runtime.ort import cuda_unavailable
+from ..runtime.ort import cuda_unavailable, custom_op_providers, import_onnxruntime
 from .base import Backend
 from .torch_backend import TorchBackend
 
@@ -59,9 +59,11 @@ def backend_unavailable(name: str, device: str | None = None) -> str | None:
     if name == "trt":
         return _trt_unavailable(device)
     try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "onnxruntime is not installed"
+        import_onnxruntime()
+        if name == "ort":
+            custom_op_providers()  # the custom-op library is built and loads
+    except MissingDependencyError as e:
+        return str(e)
     if name in ("ort", "ort-portable") and device != "cpu":
         return f"{name} runs on the CPU; use ort-cuda for the GPU"
     if name == "ort-cuda":
