@@ -32,6 +32,7 @@ from transformers.models.mamba import modeling_mamba
 from transformers.models.mamba.modeling_mamba import MambaMixer
 
 import mamba_export
+import mamba_export.validate_module as validate_module_py  # the module; validate_module is its function
 from mamba_export import export_onnx
 from mamba_export.backends.factory import backend_unavailable, ensure_engine
 from mamba_export.cli import main
@@ -836,6 +837,42 @@ def test_cli_errors_are_one_line(cli, argv, message):
     code, out, err = cli("validate", *argv, "-q")
     assert (code, out) == (2, "")
     assert err.count("\n") == 1 and err.startswith("mamba-export validate: error: ") and message in err, err
+
+
+@pytest.mark.parametrize("backend", ["ort-cuda", "trt"])
+def test_a_backend_that_cannot_run_here_is_refused_before_the_export(cli, tmp_path, backend):
+    reason = backend_unavailable(backend)
+    if reason is None:
+        pytest.skip(f"{backend} runs here")
+    code, out, err = cli("validate", *VISION, "--backend", backend, "--onnx", str(tmp_path / "onnx"), "-q")
+    assert (code, out, err) == (2, "", f"mamba-export validate: error: backend {backend}: {reason}\n")
+    assert not (tmp_path / "onnx").exists(), "nothing is exported for a backend that cannot run"
+
+
+@pytest.mark.parametrize("backend", list(validate_module_py.MODULE_BACKENDS))
+def test_every_backend_is_asked_once_before_the_export(cli, monkeypatch, tmp_path, backend):
+    """Wherever the tests run (with a GPU or not): a stub says no."""
+    asked = []
+    monkeypatch.setattr(validate_module_py, "backend_unavailable", lambda *args: asked.append(args) or "no such thing")
+    monkeypatch.setattr(validate_module_py, "export_module", lambda *_, **__: pytest.fail("exported"))
+    code, out, err = cli("validate", *VISION, "--backend", backend, "--onnx", str(tmp_path / "onnx"), "-q")
+    assert (code, out, err) == (2, "", f"mamba-export validate: error: backend {backend}: no such thing\n")
+    assert asked == [(backend,)] and not (tmp_path / "onnx").exists()
+
+
+def test_ort_without_its_custom_op_library_is_refused_before_the_export(cli, monkeypatch, tmp_path):
+    missing = tmp_path / "missing.so"
+    monkeypatch.setenv("MAMBA_EXPORT_ORT_LIBRARY", str(missing))
+    code, out, err = cli("validate", *VISION, "--backend", "ort", "--onnx", str(tmp_path / "onnx"), "-q")
+    assert (code, out) == (2, "")
+    assert err == f"mamba-export validate: error: backend ort: MAMBA_EXPORT_ORT_LIBRARY={missing}: no such file\n"
+    assert not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.parametrize("backend", ["ort", "ort-portable", "ort-cuda"])
+def test_without_onnxruntime_the_reason_says_how_to_install_it(monkeypatch, backend):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    assert backend_unavailable(backend).startswith("onnxruntime is not installed: pip install onnxruntime")
 
 
 def test_engine_batch_range_is_tuned_for_the_example():
