@@ -21,7 +21,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from . import console
-from .backends.factory import backend_unavailable, ensure_engine
+from .backends.factory import backend_unavailable, default_device, ensure_engine
 from .errors import MambaExportError, MissingDependencyError, errors_as_one_line
 from .export.module_export import as_input_tuple, export_module
 from .export.onnx_export import read_export_info
@@ -320,10 +320,9 @@ def run_module_validate(args: argparse.Namespace) -> int:
         raise MambaExportError("--entry needs --input-shape for each input of forward (e.g. --input-shape 1,3,64,64)")
     if args.backend not in MODULE_BACKENDS:
         raise MambaExportError(f"--entry: --backend must be one of {', '.join(MODULE_BACKENDS)}")
-    on_gpu = args.backend in ("ort-cuda", "trt")  # each module backend has one device
-    if args.device is not None and (args.device == "cuda") != on_gpu:
-        raise MambaExportError(f"--entry: --backend {args.backend} runs on {'cuda' if on_gpu else 'cpu'}, "
-                               f"not --device {args.device}")  # fmt: skip
+    device = default_device(args.backend)  # each module backend has one device
+    if args.device is not None and args.device != device:
+        raise MambaExportError(f"--entry: --backend {args.backend} runs on {device}, not --device {args.device}")
     dtype = resolve_dtype(args.dtype) or torch.float32
     inputs = example_inputs(args.input_shape, args.input_dtype, dtype, args.seed)
     with console.step(f"Loading {args.entry}"):

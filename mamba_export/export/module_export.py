@@ -22,9 +22,9 @@ from ..intercept import route_scans
 from ..loading import resolve_dtype
 from .onnx_export import (
     DEFAULT_OPSET,
+    check_opset,
     needs_external_data,
     quiet_exporter,
-    check_opset,
     reserve_output,
     tool_versions,
     write_export,

@@ -154,7 +154,6 @@ def export_onnx(
     ``export_onnx(module, example_inputs, out_dir, ...)``, with a tensor or a tuple of tensors
     second, exports any nn.Module that calls a selective scan: ``module_export.export_module``.
     """
-    check_opset(opset)
     if isinstance(out_dir, (torch.Tensor, tuple, list)):
         from .module_export import export_module
 
@@ -163,6 +162,7 @@ def export_onnx(
     if module_args or module_options:
         raise TypeError("export_onnx(model_or_path, out_dir) of a language model takes no further arguments "
                         "except dtype, opset, portable, overwrite")  # fmt: skip
+    check_opset(opset)
     out_dir = Path(out_dir)
     reserve_output(out_dir, overwrite)
     model = _prepare_model(model_or_path, dtype)
