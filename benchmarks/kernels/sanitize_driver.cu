@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && !strcmp(argv[1], "ssd")) return run_ssd_cases();
   int failures = 0;
   const mamba_dtype types[] = {MAMBA_FLOAT32, MAMBA_FLOAT16, MAMBA_BFLOAT16};
-  const char* plans[] = {nullptr, "chained8", "fused_r8", "fused"};
+  const char* plans[] = {nullptr, "chained", "fused_r8", "fused"};
   for (mamba_dtype t : types) {
     for (const char* plan : plans) {
       failures += run({2, 12, 37, 16, 3, t, true, plan, 0});

@@ -1,5 +1,5 @@
-// The prefill selective scan (seqlen != 1) for dstate > 16, and, in its chained form, for
-// dstate <= 16 with few channels (scan_fused.cuh covers dstate <= 16 otherwise).
+// The prefill selective scan (seqlen != 1) for dstate > 16 (scan_fused.cuh and
+// scan_chained.cuh cover dstate <= 16).
 //
 // A thread owns NS states of one channel (thread state group sg holds states sg*NS ..
 // sg*NS+NS-1; R groups per channel). A block holds Dc channels of one group (they share B
@@ -11,14 +11,6 @@
 //      partial sums of C*h over its NS states go to shared memory;
 //   3. the same element threads sum the R partials of their steps, add D*u, gate, and store
 //      y (coalesced, vector stores where aligned).
-//
-// With few channels (batch 1), that is too few threads for the chip. The chained form then
-// also splits each tile into TT sub-chunks of TR steps run in parallel: pass one computes
-// every exp(dt*A) and dt*B*u of its sub-chunk once, keeps them in registers and scans from
-// a zero state; a short serial pass per (channel, state) chains the sub-chunk results
-// (decay and end state) into each sub-chunk's true start state; pass two re-runs the
-// recurrence from that start using the kept values (two FMAs, no exponential), so every
-// exponential is still evaluated once.
 //
 // float32 activations re-anchor the state at every tile end: h = exp(A * sum dt) h_start +
 // (the tile's scan from zero), that total decay from exp2_accurate, so the approximate
@@ -32,52 +24,46 @@
 
 namespace mamba_cuda {
 
-// A tiling of the prefill kernel. Lanes of a warp: R state groups x CW channels x TW
-// sub-chunks; warps of a block: WC along channels x TT / TW along sub-chunks.
-template <int NS_, int R_, int TW_, int TR_, int WC_, int TT_, int kMaxRegisters_>
+// A tiling of the prefill kernel. Lanes of a warp: R state groups x CW channels; WC warps
+// along channels per block; tiles of Tl = 32 steps.
+template <int NS_, int R_, int WC_, int kMaxRegisters_>
 struct Tiling {
-  static constexpr int NS = NS_, R = R_, TW = TW_, TR = TR_, WC = WC_, TT = TT_;
-  static constexpr int kMaxRegisters = kMaxRegisters_;
-  static constexpr bool kChained = TT > 1;
-  static constexpr int CW = 32 / (R * TW);  // channels per warp
-  static constexpr int Dc = CW * WC;        // channels per block
-  static constexpr int Np = NS * R;         // states per channel, padded
-  static constexpr int Tl = TT * TR;        // tile length
-  static constexpr int kThreads = 32 * WC * TT / TW;
+  static constexpr int NS = NS_, R = R_, WC = WC_, kMaxRegisters = kMaxRegisters_;
+  static constexpr int CW = 32 / R;   // channels per warp
+  static constexpr int Dc = CW * WC;  // channels per block
+  static constexpr int Np = NS * R;   // states per channel, padded
+  static constexpr int Tl = 32;       // tile length
+  static constexpr int kThreads = 32 * WC;
   static constexpr int VU = Dc * Tl / kThreads;  // steps of a channel per thread, all threads
   static constexpr int VB = Np * Tl / kThreads;  // steps of a B or C row per thread, all threads
   // Shared memory rows, padded against bank conflicts: (dt, dt*u) or (D*u, silu(z)) per
   // step; B or C per state; partial sums of C*h per thread state group.
   static constexpr int SDT = 2 * Tl + 4, SB = Tl + 4, SY = Tl + 4;
-  static constexpr int kSmemFloats =
-      2 * Dc * SDT + 2 * Np * SB + Dc * R * SY + 2 * Dc * Np + (kChained ? 2 * TT * Dc * Np : 0) + Dc * TT;
-  static_assert(CW * R * TW == 32, "lanes must fill a warp");
-  static_assert(TT % TW == 0 && TR % 4 == 0 && VU >= 1 && VB >= 1 && NS % 4 == 0, "tile shape");
+  static constexpr int kSmemFloats = 2 * Dc * SDT + 2 * Np * SB + Dc * R * SY + 2 * Dc * Np + Dc;
+  static_assert(CW * R == 32, "lanes must fill a warp");
+  static_assert(VU >= 1 && VB >= 1 && NS % 4 == 0, "tile shape");
 };
 
 // Element roles: each of the first Dc * Tl / VE threads owns VE consecutive steps of one
-// channel (dt, dt*u, D*u, the gate, then y), in 16-byte accesses where the tile allows; in
-// the chained form every thread takes a share, so that no warp holds the others at the
-// barrier. Each of the first Np * Tl / VB threads owns VB consecutive steps of a B and a C row.
+// channel (dt, dt*u, D*u, the gate, then y), in 16-byte accesses where the tile allows.
+// Each of the first Np * Tl / VB threads owns VB consecutive steps of a B and a C row.
 template <typename T, class K>
 struct Roles {
   static constexpr int kVec = 16 / int(sizeof(T));
-  static constexpr int VE = K::kChained || K::VU >= kVec ? K::VU : kVec;
+  static constexpr int VE = K::VU >= kVec ? K::VU : kVec;
   static constexpr int VB = K::VB > kVec ? K::VB : kVec;
   static constexpr int kElem = K::Dc * K::Tl / VE, kRows = K::Np * K::Tl / VB;
   static constexpr bool kAnchor = sizeof(T) == 4;  // re-anchor the state at tile ends
-  static_assert(K::Tl % VE == 0 && K::Tl % VB == 0 && VE % 2 == 0 && (VE % K::TR == 0 || K::TR % VE == 0),
-                "element roles");
+  static_assert(K::Tl % VE == 0 && K::Tl % VB == 0 && VE % 2 == 0, "element roles");
 };
 
 template <typename T, class K>
 __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) scan_prefill(const ScanArgs a) {
-  constexpr int NS = K::NS, R = K::R, TR = K::TR, WC = K::WC, CW = K::CW, Dc = K::Dc, Np = K::Np;
-  constexpr int Tt = K::TT, Tl = K::Tl, SDT = K::SDT, SB = K::SB, SY = K::SY;
+  constexpr int NS = K::NS, R = K::R, CW = K::CW, Dc = K::Dc, Np = K::Np;
+  constexpr int Tl = K::Tl, SDT = K::SDT, SB = K::SB, SY = K::SY;
   constexpr int VE = Roles<T, K>::VE, VB = Roles<T, K>::VB, kElem = Roles<T, K>::kElem;
   constexpr int kRows = Roles<T, K>::kRows;
   constexpr bool kAnchor = Roles<T, K>::kAnchor;
-  constexpr int kChainFloats = K::kChained ? Tt * Dc * Np : 0;
   extern __shared__ float4 smem_f4[];
   float* sDT = reinterpret_cast<float*>(smem_f4);  // [Dc][SDT]: (dt, dt*u) per step
   float* sEp = sDT + Dc * SDT;                     // [Dc][SDT]: (D*u, silu(z)) per step
@@ -86,9 +72,7 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
   float* sY = sC + Np * SB;                        // [Dc][R][SY]: partial sums of C*h
   float* sA2 = sY + Dc * R * SY;                   // [Dc][Np]: A * log2(e), 0 for padding
   float* sH = sA2 + Dc * Np;                       // [Dc][Np]: the state at the tile start
-  float* sP = sH + Dc * Np;                        // chained [Tt][Dc][Np]: decay of each sub-chunk
-  float* sHl = sP + kChainFloats;                  // chained [Tt][Dc][Np]: end state from zero, then start state
-  float* sSum = sHl + kChainFloats;                // [Dc][Tt]: sum of dt over each sub-chunk
+  float* sSum = sH + Dc * Np;                      // [Dc]: sum of dt over the tile
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const auto [b, g, d0, cvalid] = block_channels(a, Dc);
@@ -104,12 +88,11 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
   }
   __syncthreads();
 
-  // Recurrence role: states sg*NS + q of channel c in sub-chunk j.
-  const int sg = lane % R, c = (warp % WC) * CW + (lane / R) % CW;
-  const int j = (warp / WC) * K::TW + lane / (R * CW);
-  float A2[NS], h[NS];  // h: direct form's running state
+  // Recurrence role: states sg*NS + q of channel c.
+  const int sg = lane % R, c = warp * CW + lane / R;
+  float A2[NS], h[NS];  // h: the running state
   load_shared<NS>(A2, sA2 + c * Np + sg * NS);
-  if constexpr (!K::kChained) load_shared<NS>(h, sH + c * Np + sg * NS);
+  load_shared<NS>(h, sH + c * Np + sg * NS);
 
   const bool elem = tid < kElem;
   const int lc = elem ? tid * VE / Tl : 0, lt = elem ? tid * VE % Tl : 0;
@@ -149,7 +132,7 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
   for (int t0 = 0; t0 < L; t0 += Tl) {
     __syncthreads();  // the previous tile's readers of shared memory are done
 
-    // 1. Per element: dt, dt*u, D*u and the gate; the sums of dt per sub-chunk; B and C.
+    // 1. Per element: dt, dt*u, D*u and the gate; the sum of dt over the tile; B and C.
     {
       float dt[VE], du[VE], skip[VE], gate[VE];
 #pragma unroll
@@ -170,22 +153,14 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
           *reinterpret_cast<float4*>(p + (sEp - sDT) + 2 * k) = make_float4(skip[k], gate[k], skip[k + 1], gate[k + 1]);
         }
       }
-      if constexpr (VE >= TR) {
-#pragma unroll
-        for (int s = 0; s < VE / TR; ++s) {
-          float sum = 0.f;
-#pragma unroll
-          for (int k = 0; k < TR; ++k) sum += dt[s * TR + k];
-          if (elem) sSum[lc * Tt + lt / TR + s] = sum;
-        }
-      } else {
+      {
         float sum = 0.f;
 #pragma unroll
         for (int k = 0; k < VE; ++k) sum += dt[k];
-        // The TR / VE threads of a sub-chunk are consecutive lanes (every lane takes part).
+        // The Tl / VE threads of a channel are consecutive lanes (every lane takes part).
 #pragma unroll
-        for (int m = 1; m < TR / VE; m <<= 1) sum += __shfl_xor_sync(~0u, sum, m);
-        if (elem && tid % (TR / VE) == 0) sSum[lc * Tt + lt / TR] = sum;
+        for (int m = 1; m < Tl / VE; m <<= 1) sum += __shfl_xor_sync(~0u, sum, m);
+        if (elem && tid % (Tl / VE) == 0) sSum[lc] = sum;
       }
     }
     if (rows) {
@@ -199,107 +174,30 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
     __syncthreads();
 
     // 2. The recurrence.
-    const float* dtp = sDT + c * SDT + 2 * j * TR;
-    const float* Bp = sB + sg * SB + j * TR;
-    const float* Cp = sC + sg * SB + j * TR;
-    float* yp = sY + (c * R + sg) * SY + j * TR;
+    const float* dtp = sDT + c * SDT;
+    const float* Bp = sB + sg * SB;
+    const float* Cp = sC + sg * SB;
+    float* yp = sY + (c * R + sg) * SY;
     float* hp = sH + c * Np + sg * NS;
-    if constexpr (!K::kChained) {
-      float hl[NS];  // the tile's scan from a zero state, for the re-anchoring
-      if constexpr (kAnchor) {
-        store_shared<NS>(hp, h);
-#pragma unroll
-        for (int q = 0; q < NS; ++q) hl[q] = 0.f;
-      }
-#pragma unroll 2
-      for (int t = 0; t < TR; t += 4) {
-        float s[8], acc[4] = {0.f, 0.f, 0.f, 0.f};
-        load_shared<8>(s, dtp + 2 * t);  // dt, dt*u of steps t .. t+3
-        scan4<NS, kAnchor>(s, A2, Bp + t, Cp + t, R * SB, h, hl, acc);
-        store_shared<4>(yp + t, acc);
-      }
-      if constexpr (kAnchor) {
-        float start[NS];
-        load_shared<NS>(start, hp);
-        const float span = sSum[c];
-#pragma unroll
-        for (int q = 0; q < NS; ++q) h[q] = fmaf(exp2_accurate(A2[q] * span), start[q], hl[q]);
-      }
-    } else {
-      // Pass one: the sub-chunk from a zero state, keeping exp(dt*A) and dt*B*u.
-      float dA[TR][NS], dBu[TR][NS], hl[NS], decay[NS];
+    float hl[NS];  // the tile's scan from a zero state, for the re-anchoring
+    if constexpr (kAnchor) {
+      store_shared<NS>(hp, h);
 #pragma unroll
       for (int q = 0; q < NS; ++q) hl[q] = 0.f;
+    }
+#pragma unroll 2
+    for (int t = 0; t < Tl; t += 4) {
+      float s[8], acc[4] = {0.f, 0.f, 0.f, 0.f};
+      load_shared<8>(s, dtp + 2 * t);  // dt, dt*u of steps t .. t+3
+      scan4<NS, kAnchor>(s, A2, Bp + t, Cp + t, R * SB, h, hl, acc);
+      store_shared<4>(yp + t, acc);
+    }
+    if constexpr (kAnchor) {
+      float start[NS];
+      load_shared<NS>(start, hp);
+      const float span = sSum[c];
 #pragma unroll
-      for (int t = 0; t < TR; t += 4) {
-        float s[8];
-        load_shared<8>(s, dtp + 2 * t);
-#pragma unroll
-        for (int q = 0; q < NS; ++q) {
-          float bq[4];
-          load_shared<4>(bq, Bp + q * R * SB + t);
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            dA[t + k][q] = ex2(s[2 * k] * A2[q]);
-            dBu[t + k][q] = s[2 * k + 1] * bq[k];
-            hl[q] = fmaf(dA[t + k][q], hl[q], dBu[t + k][q]);
-          }
-        }
-      }
-      const float span = sSum[c * Tt + j];
-#pragma unroll
-      for (int q = 0; q < NS; ++q) decay[q] = ex2(A2[q] * span);
-      const int ci = (j * Dc + c) * Np + sg * NS;
-      store_shared<NS>(sHl + ci, hl);
-      store_shared<NS>(sP + ci, decay);
-      __syncthreads();
-      // The chain over sub-chunks, four (channel, state) pairs per thread: S runs through
-      // the sub-chunks' start states. With re-anchoring, G is the tile's scan from zero and
-      // the tile-end state exp2_accurate(A * sum dt) H + G.
-#pragma unroll 1
-      for (int k = tid; k < Dc * Np / 4; k += K::kThreads) {
-        const float4 H = reinterpret_cast<const float4*>(sH)[k];
-        float4 S = H, G = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-        for (int jj = 0; jj < Tt; ++jj) {
-          const int idx = jj * Dc * Np / 4 + k;
-          const float4 P = reinterpret_cast<const float4*>(sP)[idx];
-          const float4 E = reinterpret_cast<const float4*>(sHl)[idx];  // end state from zero
-          reinterpret_cast<float4*>(sHl)[idx] = S;
-          S = make_float4(fmaf(P.x, S.x, E.x), fmaf(P.y, S.y, E.y), fmaf(P.z, S.z, E.z), fmaf(P.w, S.w, E.w));
-          if constexpr (kAnchor) {
-            G = make_float4(fmaf(P.x, G.x, E.x), fmaf(P.y, G.y, E.y), fmaf(P.z, G.z, E.z), fmaf(P.w, G.w, E.w));
-          }
-        }
-        if constexpr (kAnchor) {
-          const int cc = 4 * k / Np;
-          float sum = 0.f;
-#pragma unroll
-          for (int jj = 0; jj < Tt; ++jj) sum += sSum[cc * Tt + jj];
-          const float4 a2 = reinterpret_cast<const float4*>(sA2)[k];
-          S = make_float4(fmaf(exp2_accurate(a2.x * sum), H.x, G.x), fmaf(exp2_accurate(a2.y * sum), H.y, G.y),
-                          fmaf(exp2_accurate(a2.z * sum), H.z, G.z), fmaf(exp2_accurate(a2.w * sum), H.w, G.w));
-        }
-        reinterpret_cast<float4*>(sH)[k] = S;
-      }
-      __syncthreads();
-      // Pass two: from the true start state, with the kept factors.
-      load_shared<NS>(h, sHl + ci);
-#pragma unroll
-      for (int t = 0; t < TR; t += 4) {
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int q = 0; q < NS; ++q) {
-          float cq[4];
-          load_shared<4>(cq, Cp + q * R * SB + t);
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            h[q] = fmaf(dA[t + k][q], h[q], dBu[t + k][q]);
-            acc[k] = fmaf(cq[k], h[q], acc[k]);
-          }
-        }
-        store_shared<4>(yp + t, acc);
-      }
+      for (int q = 0; q < NS; ++q) h[q] = fmaf(exp2_accurate(A2[q] * span), start[q], hl[q]);
     }
     __syncthreads();
 
@@ -321,7 +219,7 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
     }
   }
 
-  if constexpr (!K::kChained) store_shared<NS>(sH + c * Np + sg * NS, h);
+  store_shared<NS>(sH + c * Np + sg * NS, h);
   __syncthreads();
   for (int k = tid; k < Dc * Np; k += K::kThreads) {
     const int cc = k / Np, n = k - cc * Np;

@@ -25,8 +25,8 @@ int pow2_at_least(int64_t x) {
 }
 
 // The names MAMBA_KERNELS_SCAN_PLAN accepts for a prefill, in the order of Kernel from
-// kChained16x8, and for a decode step (4 or 8 states per lane).
-constexpr const char* kPrefillNames[] = {"chained8", "fused_r8", "fused"};
+// kChained16, and for a decode step (4 or 8 states per lane).
+constexpr const char* kPrefillNames[] = {"chained", "fused_r8", "fused"};
 constexpr const char* kDecodeNames[] = {"decode4", "decode8"};
 
 template <int kCount>
@@ -57,13 +57,13 @@ Plan plan_scan(const mamba_selective_scan_params& p, int multiprocessors) {
   if (p.dstate > 64) return {Kernel::kDirect128, 1};
   if (p.dstate > 32) return {Kernel::kDirect64, 1};
   if (p.dstate > 16) return {Kernel::kDirect32, 1};
-  if (forced(kPrefillNames, Kernel::kChained16x8, &plan)) return plan;
+  if (forced(kPrefillNames, Kernel::kChained16, &plan)) return plan;
   // The fused kernel; with fewer channels, 8 lanes per channel instead of 4, and below
   // ~16 channels per SM the chained kernel, which also splits time (measured on the H100:
   // batch x dim of 1536 runs best chained, 5120 fused with 8 lanes, 12288 and up fused).
   const int64_t channels = p.batch * p.dim;
   if (channels < 16 * multiprocessors) {
-    plan.kernel = Kernel::kChained16x8;
+    plan.kernel = Kernel::kChained16;
   } else if (channels < 48 * multiprocessors) {
     plan.kernel = Kernel::kFused16r8;
   }
