@@ -24,7 +24,7 @@ using Direct64 = Tiling<4, 16, 4, 128>;   // N <= 64
 using Direct128 = Tiling<4, 32, 8, 128>;  // N <= 128
 using Direct256 = Tiling<8, 32, 8, 255>;  // N <= 256
 // The fused kernel for N <= 16 (FusedTiling<NS, R, Tl, WC, max registers>): 4 lanes per
-// channel in blocks of 4 warps (whose 32 channels share the staging of B and C: 2-12%
+// channel in blocks of 4 warps (whose 32 channels share the staging of B and C: 1-8%
 // faster than 2 warps on the H100, 8 warps were slower), or 8 lanes for fewer channels.
 using Fused16 = FusedTiling<4, 4, 32, 4, 128>;
 using Fused16r8 = FusedTiling<2, 8, 32, 2, 128>;
