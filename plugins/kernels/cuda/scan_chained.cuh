@@ -5,18 +5,20 @@
 // Lane (sg, j) holds states sg*NS .. sg*NS+NS-1 of its channel in sub-chunk j: a tile of
 // Tl = J*TR steps is J sub-chunks of TR steps, scanned side by side. Per tile:
 //   1. each lane turns VE steps of u, delta into (dt, dt*u) into the warp's shared memory;
-//   2. pass one: the lane's sub-chunk from a zero state, keeping exp(dt*A) and dt*B*u in
-//      registers (every exponential is evaluated once), and the sub-chunk's decay;
+//   2. pass one: the lane's sub-chunk from a zero state, keeping exp(dt*A) (and, with
+//      kKeepBu, dt*B*u) in registers, so that every exponential is evaluated once; and the
+//      sub-chunk's decay;
 //   3. the chain: an inclusive scan over the J sub-chunks with shuffles (the tile's start
 //      state folded into sub-chunk 0), which gives each sub-chunk its true start state and
 //      the next tile its start state;
 //   4. pass two: the recurrence again from the true start with the kept factors (two FMAs
-//      per state and step), partial sums of C*h into the warp's shared memory; each lane
+//      per state and step, and a multiply to recompute dt*B*u without kKeepBu), partial
+//      sums of C*h into the warp's shared memory; each lane
 //      then sums the R partials of its VE steps, adds D*u, gates with silu(z), stores y;
 //   5. the block stages the next tile's B and C (shared by its channels) into the other half
 //      of a double buffer: the one block barrier per tile.
 // (An earlier form spread the sub-chunks over the warps of a block: three more block
-// barriers per tile and most threads idle in the chain, 10-25% slower on the H100.)
+// barriers per tile and most threads idle in the chain, 7-28% slower on the H100.)
 //
 // float32 activations re-anchor the state at every tile end, as in scan_prefill.cuh.
 #pragma once

@@ -8,10 +8,10 @@
 
 #include "mamba_kernels.h"
 #include "scan_args.h"
+#include "scan_chained.cuh"
 #include "scan_decode.cuh"
 #include "scan_fused.cuh"
 #include "scan_plan.h"
-#include "scan_chained.cuh"
 #include "scan_prefill.cuh"
 
 namespace mamba_cuda {
@@ -34,7 +34,8 @@ using Fused16r8 = FusedTiling<2, 8, 32, 2, 128>;
 // H100 than sub-chunks of 8; float32 (whose tile-end re-anchoring takes registers too) would
 // spill even so, and keeps sub-chunks of 8 steps.
 template <typename T>
-using Chained16 = std::conditional_t<sizeof(T) == 4, ChainedTiling<4, 4, 8, 4, 168>, ChainedTiling<4, 4, 16, 4, 168, false>>;
+using Chained16 =
+    std::conditional_t<sizeof(T) == 4, ChainedTiling<4, 4, 8, 4, 168>, ChainedTiling<4, 4, 16, 4, 168, false>>;
 
 inline bool aligned(const void* p, int64_t row_elements, int element_bytes, int width) {
   return reinterpret_cast<uintptr_t>(p) % width == 0 && (row_elements * element_bytes) % width == 0;
