@@ -17,8 +17,8 @@
 //      then sums the R partials of its VE steps, adds D*u, gates with silu(z), stores y;
 //   5. the block stages the next tile's B and C (shared by its channels) into the other half
 //      of a double buffer: the one block barrier per tile.
-// (An earlier form spread the sub-chunks over the warps of a block: three more block
-// barriers per tile and most threads idle in the chain, 7-28% slower on the H100.)
+// (An earlier form spread the sub-chunks over the warps of a block: five block barriers per
+// tile and most threads idle in the chain, 9-28% slower on the H100.)
 //
 // float32 activations re-anchor the state at every tile end, as in scan_prefill.cuh.
 #pragma once
@@ -44,7 +44,7 @@ struct ChainedTiling {
   // Padded strides, so that the 8 lanes of a quarter warp (one state group, 8 sub-chunks)
   // hit distinct banks: a sub-chunk's run in a B, C or partial-sum row; a B or C row; the
   // (dt, dt*u) pairs of a sub-chunk.
-  static constexpr int TRp = TR + 4, SB = J * TRp + (J < 8 ? 8 : 0), SDJ = 2 * TR + 4, SYG = J * TRp;
+  static constexpr int TRp = TR + 4, SB = J * TRp, SDJ = 2 * TR + 4, SYG = J * TRp;
   static constexpr int kWarpFloats = J * SDJ + R * SYG;
   static constexpr int kSmemFloats = 4 * Np * SB + WC * kWarpFloats;
   static_assert(J * R == 32 && TR % 4 == 0 && VE % 2 == 0 && Np * Tl % kThreads == 0 && TR % VB == 0,
@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
   float* sY = sDT + J * SDJ;                                   // [R][SYG]: partial sums of C*h
 
   const auto [b, g, d0, cvalid] = block_channels(a, K::Dc);
-  const int L = int(a.L);  // < 2^31 (mamba_selective_scan_cuda_check)
+  const int L = int(a.L);  // < 2^30 (mamba_selective_scan_cuda_check)
   const int N = a.N;
   const int sg = lane / J, j = lane % J;  // state group; sub-chunk (consecutive lanes, for the scan)
   const bool c_ok = warp < cvalid;
@@ -95,8 +95,8 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
   const T* Cg = static_cast<const T*>(a.C) + bat;
   float* sB_p = sB + bn * SB + (bt / TR) * TRp + bt % TR;
 
-  // The loads as in scan_fused.cuh; shared as a struct they measured 1-10% slower there
-  // (the compiler's code differed), so each kernel keeps its own.
+  // The loads as in scan_fused.cuh; shared as a struct they made its 8-lane tiling 1-11%
+  // slower (the compiler's code differed), so each kernel keeps its own.
   Pack<T, VE> nu, nd, nz, cu, cd, cz;  // next tile's u, delta, z (a tile ahead); this tile's
   Pack<T, VB> nb, nc;
   auto load_tile = [&](int t0) {

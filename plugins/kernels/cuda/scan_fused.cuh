@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
   float* sY = sDT + 2 * CW * SDT;                     // [R][SYG]: partial sums of C*h
 
   const auto [b, g, d0, cvalid] = block_channels(a, Dc);
-  const int L = int(a.L);  // < 2^31 (mamba_selective_scan_cuda_check)
+  const int L = int(a.L);  // < 2^30 (mamba_selective_scan_cuda_check)
   const int N = a.N;
   const int c = lane / R, sg = lane % R;  // channel in the warp, state group
   const int cc = warp * CW + c;           // channel in the block

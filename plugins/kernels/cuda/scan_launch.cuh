@@ -30,7 +30,7 @@ using Fused16 = FusedTiling<4, 4, 32, 4, 128>;
 using Fused16r8 = FusedTiling<2, 8, 32, 2, 128>;
 // The chained kernel for N <= 16 and few channels (ChainedTiling<NS, R, TR, WC, max
 // registers, keep dt*B*u>): a channel per warp in 8 sub-chunks; for the 16-bit types of 16
-// steps with dt*B*u recomputed in pass two (keeping both would spill), 10-12% faster on the
+// steps with dt*B*u recomputed in pass two (keeping both would spill), 6-12% faster on the
 // H100 than sub-chunks of 8; float32 (whose tile-end re-anchoring takes registers too) would
 // spill even so, and keeps sub-chunks of 8 steps.
 template <typename T>

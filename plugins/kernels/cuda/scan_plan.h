@@ -28,7 +28,8 @@ struct Plan {
 // multiprocessors: of the device that runs the scan. The environment variable
 // MAMBA_KERNELS_SCAN_PLAN = chained, fused_r8 or fused forces the tiling of a
 // prefill with dstate <= 16, decode4 or decode8 the states per lane of a decode step with
-// dstate <= 128 (for benchmarks, and for tests that reach every code path).
+// dstate <= 128 (for benchmarks, and for tests that reach every code path; other values are
+// ignored).
 Plan plan_scan(const mamba_selective_scan_params& p, int multiprocessors);
 
 }  // namespace mamba_cuda

@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const auto [b, g, d0, cvalid] = block_channels(a, Dc);
-  const int L = int(a.L);  // < 2^31 (mamba_selective_scan_cuda_check)
+  const int L = int(a.L);  // < 2^30 (mamba_selective_scan_cuda_check)
   const int N = a.N;
   const int64_t row0 = int64_t(b) * a.dim + d0;  // row (b, d0) of u, delta, z, y and the states
 

@@ -89,7 +89,8 @@ MAMBA_API const char* mamba_selective_scan_cuda_check(const mamba_selective_scan
   if (const char* err = mamba_selective_scan_contract_error(p)) return err;
   if (p->dstate > 256) return "mamba_selective_scan (CUDA): dstate must be <= 256";
   if (p->batch * p->dim >= (int64_t{1} << 31)) return "mamba_selective_scan (CUDA): batch * dim must be < 2^31";
-  if (p->seqlen >= (int64_t{1} << 31)) return "mamba_selective_scan (CUDA): seqlen must be < 2^31";
+  // 2^30: the prefill kernels count steps in int, up to two tiles past the last one.
+  if (p->seqlen >= (int64_t{1} << 30)) return "mamba_selective_scan (CUDA): seqlen must be < 2^30";
   return nullptr;
 }
 
