@@ -25,6 +25,7 @@
 
 #include "scan_args.h"
 #include "scan_device.cuh"
+#include "scan_tile_loads.cuh"
 
 namespace mamba_cuda {
 
@@ -95,26 +96,12 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
   const T* Cg = static_cast<const T*>(a.C) + bat;
   float* sB_p = sB + bn * SB + (bt / TR) * TRp + bt % TR;
 
-  // The loads as in scan_fused.cuh; shared as a struct they made its 8-lane tiling 1-11%
-  // slower (the compiler's code differed), so each kernel keeps its own.
   Pack<T, VE> nu, nd, nz, cu, cd, cz;  // next tile's u, delta, z (a tile ahead); this tile's
   Pack<T, VB> nb, nc;
   auto load_tile = [&](int t0) {
-    const int v = c_ok ? min(max(L - t0 - e0, 0), VE) : 0;
-    load_pack(nu, u + t0, v, a.vec & kVecU);
-    load_pack(nd, delta + t0, v, a.vec & kVecDelta);
-    if (z) load_pack(nz, z + t0, v, a.vec & kVecZ);
-    const int vb = bn_ok ? min(max(L - t0 - bt, 0), VB) : 0;
-    load_pack(nb, Bg + t0, vb, a.vec & kVecB);
-    load_pack(nc, Cg + t0, vb, a.vec & kVecC);
+    load_tile_packs(nu, nd, nz, nb, nc, u, delta, z, Bg, Cg, t0, L, e0, c_ok, bt, bn_ok, a.vec);
   };
-  auto stage_bc = [&](int buf) {
-    float fb[VB], fc[VB];
-#pragma unroll
-    for (int k = 0; k < VB; ++k) fb[k] = nb.get(k), fc[k] = nc.get(k);
-    store_shared<VB>(sB_p + buf * Np * SB, fb);
-    store_shared<VB>(sB_p + buf * Np * SB + 2 * Np * SB, fc);
-  };
+  auto stage_bc = [&](int buf) { stage_bc_packs(sB_p + buf * Np * SB, 2 * Np * SB, nb, nc); };
 
   load_tile(0);
   stage_bc(0);

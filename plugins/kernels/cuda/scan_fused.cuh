@@ -22,6 +22,7 @@
 
 #include "scan_args.h"
 #include "scan_device.cuh"
+#include "scan_tile_loads.cuh"
 
 namespace mamba_cuda {
 
@@ -103,21 +104,9 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
   Pack<T, VE> nu, nd, nz, cu, cz;  // next tile's u, delta, z (a tile ahead); this tile's u, z
   Pack<T, VB> nb, nc;
   auto load_tile = [&](int t0) {
-    const int v = c_ok ? min(max(L - t0 - lt, 0), VE) : 0;
-    load_pack(nu, u + t0, v, a.vec & kVecU);
-    load_pack(nd, delta + t0, v, a.vec & kVecDelta);
-    if (z) load_pack(nz, z + t0, v, a.vec & kVecZ);
-    const int vb = bn_ok ? min(max(L - t0 - bt, 0), VB) : 0;
-    load_pack(nb, Bg + t0, vb, a.vec & kVecB);
-    load_pack(nc, Cg + t0, vb, a.vec & kVecC);
+    load_tile_packs(nu, nd, nz, nb, nc, u, delta, z, Bg, Cg, t0, L, lt, c_ok, bt, bn_ok, a.vec);
   };
-  auto stage_bc = [&](int buf) {
-    float fb[VB], fc[VB];
-#pragma unroll
-    for (int k = 0; k < VB; ++k) fb[k] = nb.get(k), fc[k] = nc.get(k);
-    store_shared<VB>(sB_p + buf * Np * SB, fb);
-    store_shared<VB>(sB_p + buf * Np * SB + 2 * Np * SB, fc);
-  };
+  auto stage_bc = [&](int buf) { stage_bc_packs(sB_p + buf * Np * SB, 2 * Np * SB, nb, nc); };
   // Step e of the lane's run in the tile at t0: dt and dt*u into buffer buf (written in
   // pairs), dt added to span. Branch-free, so that it can sit inside the unrolled recurrence.
   float pdt = 0.f, pdu = 0.f;  // the even step of a pair
