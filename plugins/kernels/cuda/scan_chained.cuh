@@ -99,14 +99,18 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
   Pack<T, VE> nu, nd, nz, cu, cd, cz;  // next tile's u, delta, z (a tile ahead); this tile's
   Pack<T, VB> nb, nc;
   auto load_tile = [&](int t0) {
-    load_tile_packs(nu, nd, nz, nb, nc, u, delta, z, Bg, Cg, t0, L, e0, c_ok, bt, bn_ok, a.vec);
+    load_run_packs(nu, nd, nz, u, delta, z, t0, L, e0, c_ok, a.vec);
+    load_bc_packs(nb, nc, Bg, Cg, t0, L, bt, bn_ok, a.vec);
   };
   auto stage_bc = [&](int buf) { stage_bc_packs(sB_p + buf * Np * SB, 2 * Np * SB, nb, nc); };
 
-  load_tile(0);
-  stage_bc(0);
-  cu = nu, cd = nd, cz = nz;
-  load_tile(Tl);
+  {  // tile 0's and tile 1's loads issued together
+    Pack<T, VB> b0, c0;
+    load_run_packs(cu, cd, cz, u, delta, z, 0, L, e0, c_ok, a.vec);
+    load_bc_packs(b0, c0, Bg, Cg, 0, L, bt, bn_ok, a.vec);
+    load_tile(Tl);
+    stage_bc_packs(sB_p, 2 * Np * SB, b0, c0);
+  }
   __syncthreads();
 
   for (int t0 = 0, cur = 0; t0 < L; t0 += Tl, cur ^= 1) {

@@ -9,7 +9,10 @@
 // channel also do its per-step work, VE consecutive steps each. Per tile of Tl steps:
 //   A. the recurrence of tile i, fully unrolled in groups of 4 steps, with the next tile's
 //      per-step work (dt = softplus(delta + bias), dt*u) woven in, one step per group: one
-//      basic block, so the compiler can fill the gaps between exponentials with it;
+//      basic block, so the compiler can fill the gaps between exponentials with it (it
+//      hoists that work to the top of the block: the loads it needs must be in by then);
+//   then u, delta and z of the tile after next are loaded, so that B, C and the barrier
+//   hide their latency (issued at C's end, every tile began with a wait for memory);
 //   B. (after a warp sync) each lane sums the R partial C*h of its steps, adds D*u, gates with
 //      silu(z) and stores y;
 //   C. the block stages the next tile's B and C (shared by its channels) into the other half of
@@ -101,19 +104,18 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
   const T* Cg = static_cast<const T*>(a.C) + bat;
   float* sB_p = sB + ((bn % NS) * R + bn / NS) * SB + bt;
 
-  Pack<T, VE> nu, nd, nz, cu, cz;  // next tile's u, delta, z (a tile ahead); this tile's u, z
+  // u, delta, z of this tile (cu, cz), of the next (nu, nd, nz) and of the one after (fu, fd,
+  // fz, in flight across parts B and C); B and C of the next tile.
+  Pack<T, VE> fu, fd, fz, nu, nd, nz, cu, cz;
   Pack<T, VB> nb, nc;
-  auto load_tile = [&](int t0) {
-    load_tile_packs(nu, nd, nz, nb, nc, u, delta, z, Bg, Cg, t0, L, lt, c_ok, bt, bn_ok, a.vec);
-  };
   auto stage_bc = [&](int buf) { stage_bc_packs(sB_p + buf * Np * SB, 2 * Np * SB, nb, nc); };
   // Step e of the lane's run in the tile at t0: dt and dt*u into buffer buf (written in
   // pairs), dt added to span. Branch-free, so that it can sit inside the unrolled recurrence.
   float pdt = 0.f, pdu = 0.f;  // the even step of a pair
-  auto step_work = [&](int e, int t0, int buf, float& span) {
-    const float x = select(a.softplus, softplus(nd.get(e) + bias), nd.get(e) + bias);
+  auto step_work = [&](int e, int t0, int buf, float& span, const Pack<T, VE>& pu, const Pack<T, VE>& pd) {
+    const float x = select(a.softplus, softplus(pd.get(e) + bias), pd.get(e) + bias);
     const float dt = c_ok && t0 + lt + e < L ? x : 0.f;  // a zero step leaves the state as it is
-    const float du = dt * nu.get(e);
+    const float du = dt * pu.get(e);
     span += dt;
     if (e % 2 == 0) {
       pdt = dt, pdu = du;
@@ -128,15 +130,20 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
     return s;
   };
 
-  // Prologue: tile 0's per-step work and B, C; tile 1's loads.
+  // Prologue: tile 0's and tile 1's loads issued together; tile 0's per-step work and B, C.
   float span = 0.f;
-  load_tile(0);
+  {
+    Pack<T, VE> d0;
+    Pack<T, VB> b0, c0;
+    load_run_packs(cu, d0, cz, u, delta, z, 0, L, lt, c_ok, a.vec);
+    load_bc_packs(b0, c0, Bg, Cg, 0, L, bt, bn_ok, a.vec);
+    load_run_packs(nu, nd, nz, u, delta, z, Tl, L, lt, c_ok, a.vec);
+    load_bc_packs(nb, nc, Bg, Cg, Tl, L, bt, bn_ok, a.vec);
 #pragma unroll
-  for (int e = 0; e < VE; ++e) step_work(e, 0, 0, span);
+    for (int e = 0; e < VE; ++e) step_work(e, 0, 0, span, cu, d0);
+    stage_bc_packs(sB_p, 2 * Np * SB, b0, c0);
+  }
   span = channel_sum(span);
-  stage_bc(0);
-  cu = nu, cz = nz;
-  load_tile(Tl);
   __syncthreads();
 
   for (int t0 = 0, cur = 0; t0 < L; t0 += Tl, cur ^= 1) {
@@ -158,7 +165,7 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
       store_shared<4>(sY + sg * SYG + c * SY + 4 * gr, acc);
 #pragma unroll
       for (int e = 0; e < VE; ++e) {
-        if (e * kGroups / VE == gr) step_work(e, t0 + Tl, cur ^ 1, span_next);
+        if (e * kGroups / VE == gr) step_work(e, t0 + Tl, cur ^ 1, span_next, nu, nd);
       }
     }
     if constexpr (kAnchor) {
@@ -167,6 +174,9 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
     }
     span = channel_sum(span_next);
     __syncwarp();
+
+    // The tile after next's u, delta, z (see the top of the file).
+    load_run_packs(fu, fd, fz, u, delta, z, t0 + 2 * Tl, L, lt, c_ok, a.vec);
 
     // B. y of the lane's steps: the partial sums of the R state groups, skip, gate.
     {
@@ -189,10 +199,10 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
       store_pack(out, y + t0, c_ok ? min(L - t0 - lt, VE) : 0, a.vec & kVecY);
     }
 
-    // C. The next tile's B and C, and the loads of the one after.
+    // C. The next tile's B and C staged, and the B and C of the one after loaded.
     stage_bc(cur ^ 1);
-    cu = nu, cz = nz;
-    load_tile(t0 + 2 * Tl);
+    cu = nu, cz = nz, nu = fu, nd = fd, nz = fz;
+    load_bc_packs(nb, nc, Bg, Cg, t0 + 2 * Tl, L, bt, bn_ok, a.vec);
     __syncthreads();
   }
 

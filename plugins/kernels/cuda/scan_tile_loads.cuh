@@ -10,18 +10,24 @@
 
 namespace mamba_cuda {
 
-// The tile at step t0: VE steps of the thread's channel of u, delta and z (z may be null; the
-// channel's run starts at step e0 of a tile) and VB steps of one B and one C row (from step bt).
-// Nothing past L is read; an absent channel or row reads nothing.
-template <typename T, int VE, int VB>
-__device__ __forceinline__ void load_tile_packs(Pack<T, VE>& pu, Pack<T, VE>& pd, Pack<T, VE>& pz, Pack<T, VB>& pb,
-                                                Pack<T, VB>& pc, const T* u, const T* delta, const T* z, const T* B,
-                                                const T* C, int t0, int L, int e0, bool channel_ok, int bt,
-                                                bool row_ok, unsigned vec) {
+// The tile at step t0 of the thread's channel: VE steps of u, delta and z (z may be null; the
+// channel's run starts at step e0 of a tile). Nothing past L is read; an absent channel reads
+// nothing.
+template <typename T, int VE>
+__device__ __forceinline__ void load_run_packs(Pack<T, VE>& pu, Pack<T, VE>& pd, Pack<T, VE>& pz, const T* u,
+                                               const T* delta, const T* z, int t0, int L, int e0, bool channel_ok,
+                                               unsigned vec) {
   const int v = channel_ok ? min(max(L - t0 - e0, 0), VE) : 0;
   load_pack(pu, u + t0, v, vec & kVecU);
   load_pack(pd, delta + t0, v, vec & kVecDelta);
   if (z) load_pack(pz, z + t0, v, vec & kVecZ);
+}
+
+// The tile at step t0 of one B and one C row: VB steps from step bt; an absent row reads
+// nothing.
+template <typename T, int VB>
+__device__ __forceinline__ void load_bc_packs(Pack<T, VB>& pb, Pack<T, VB>& pc, const T* B, const T* C, int t0, int L,
+                                              int bt, bool row_ok, unsigned vec) {
   const int vb = row_ok ? min(max(L - t0 - bt, 0), VB) : 0;
   load_pack(pb, B + t0, vb, vec & kVecB);
   load_pack(pc, C + t0, vb, vec & kVecC);
