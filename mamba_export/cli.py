@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import os
 import sys
 import tempfile
@@ -37,14 +38,22 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _path(text: str) -> Path:
+    if not text:  # Path("") would be the current directory
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text)
+
+
 def _add_backend(p: argparse.ArgumentParser, default: str) -> None:
     from .backends.factory import BACKENDS
 
     p.add_argument("--backend", default=default, choices=list(BACKENDS),
                    help="; ".join(f"{k}: {v}" for k, v in BACKENDS.items()) + f" (default: {default})")
-    p.add_argument("--onnx", metavar="DIR", type=Path,
+    p.add_argument("--onnx", metavar="DIR", type=_path,
                    help="export directory to use, or to export into if empty (default: a temporary one)")
-    p.add_argument("--overwrite", action="store_true", help="replace an export in --onnx DIR made from another model")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an export in --onnx DIR made from another model (validate: also a --json FILE "
+                        "that is not a report)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision of the model run (default: fp32)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="where the backend runs (default: cuda for ort-cuda and trt, cpu for the others)")
@@ -71,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Export MODEL to DIR/model.onnx: one graph for prefill and decode, the "
                        "recurrent state as inputs/outputs, each scan one mamba.SelectiveScan node.")
     _add_common(p)
-    p.add_argument("-o", "--output", metavar="DIR", type=Path, required=True, help="output directory")
+    p.add_argument("-o", "--output", metavar="DIR", type=_path, required=True, help="output directory")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations (default: fp32)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset of the standard domain (default: 18)")
     p.add_argument("--portable", action="store_true",
@@ -88,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="FILE", type=Path, help="also write the report as JSON")
+    p.add_argument("--json", metavar="FILE", type=_path, help="also write the report as JSON")
     from .validate_module import add_module_validate_arguments
 
     add_module_validate_arguments(p)  # --entry module:factory --input-shape ...: any model using the scan
@@ -113,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                        "(sequence 1). Writes PLAN and PLAN.json (export info, profiles, TensorRT version).")
     p.add_argument("model", metavar="MODEL_OR_ONNX", nargs="?", help="checkpoint, hub id, export directory or .onnx")
     p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
-    p.add_argument("-o", "--output", metavar="PLAN", type=Path, required=True, help="engine file to write")
+    p.add_argument("-o", "--output", metavar="PLAN", type=_path, required=True, help="engine file to write")
     precision = p.add_mutually_exclusive_group()
     for flag, dtype in (("--fp16", "float16"), ("--bf16", "bfloat16")):
         precision.add_argument(flag, action="store_true",
@@ -123,8 +132,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(f"--{bound}-{flag}", type=int, metavar="N",
                            help=f"{bound} {dim} (default: {getattr(default, bound)})")
     p.add_argument("--workspace", type=int, metavar="MIB", help="limit of TensorRT's scratch memory, MiB")
-    p.add_argument("--timing-cache", type=Path, metavar="FILE", help="timing cache to read if present and update")
-    p.add_argument("--onnx", metavar="DIR", type=Path,
+    p.add_argument("--timing-cache", type=_path, metavar="FILE", help="timing cache to read if present and update")
+    p.add_argument("--onnx", metavar="DIR", type=_path,
                    help="with a checkpoint: export directory to use or export into (default: a temporary one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PLAN (and a mismatching --onnx DIR)")
     p.add_argument("--verbose", action="store_true", help="print all of TensorRT's log messages")
@@ -146,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed per setting (default: 64)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--out", metavar="DIR", type=Path, default=Path("bench-results"),
+    p.add_argument("--out", metavar="DIR", type=_path, default=Path("bench-results"),
                    help="report directory (default: bench-results)")
     p.add_argument("--overwrite", action="store_true", help="replace a report already in DIR")
     return parser
@@ -164,8 +173,9 @@ def _check_output_dir(path: Path | None, option: str) -> None:
         raise MambaExportError(f"{option} {path}: not a directory")
 
 
-def _check_output_file(path: Path | None, option: str, created: Path | None = None) -> None:
-    """Refuses, before any work, a file to write whose directory is missing or that is a directory.
+def _check_output_file(path: Path | None, option: str, created: Path | None = None, overwrite: bool = False) -> None:
+    """Refuses, before any work, a file to write whose directory is missing, that is a directory,
+    or that holds something other than an earlier report unless ``overwrite``.
     ``created``: a directory the command makes before writing the file (--onnx DIR)."""
     if path is None:
         return
@@ -173,6 +183,24 @@ def _check_output_file(path: Path | None, option: str, created: Path | None = No
         raise MambaExportError(f"{option} {path}: is a directory")
     if not path.parent.is_dir() and (created is None or path.parent.resolve() != created.resolve()):
         raise MambaExportError(f"{option} {path}: directory {path.parent} does not exist")
+    if path.exists() and not overwrite and not _is_report(path):
+        raise MambaExportError(f"{option} {path}: exists and is not a validation report; "
+                               "choose another file or pass --overwrite")  # fmt: skip
+
+
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` holds a report that `mamba-export validate --json` wrote (a rerun replaces it)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(report, dict) and isinstance(report.get("passed"), bool) and {"backend", "model"} <= set(report)
+
+
+def _check_onnx_dir(args) -> None:
+    _check_output_dir(args.onnx, "--onnx")
+    if args.onnx is not None and args.backend == "torch":  # (scripts pass the same options to every backend)
+        console.info(f"--onnx {args.onnx} is not used: the torch backend runs the checkpoint itself")
 
 
 @contextlib.contextmanager
@@ -219,8 +247,8 @@ def _cmd_export(args) -> int:
 
 def _cmd_validate(args) -> int:
     # Before loading, exporting and running, which take a while.
-    _check_output_dir(args.onnx, "--onnx")
-    _check_output_file(args.json, "--json", created=args.onnx)  # the demo's report goes into its export
+    _check_onnx_dir(args)
+    _check_output_file(args.json, "--json", created=args.onnx, overwrite=args.overwrite)  # make demo: into its export
     if args.entry:
         from .validate_module import run_module_validate
 
@@ -265,7 +293,7 @@ def _cmd_generate(args) -> int:
         raise MambaExportError("--temperature must be 0 (greedy) or more")
     if args.top_k < 0:
         raise MambaExportError("--top-k must be 0 (all tokens) or more")
-    _check_output_dir(args.onnx, "--onnx")
+    _check_onnx_dir(args)
     args.model = _model_arg(args)
     tokenizer = load_tokenizer(resolve_checkpoint(args.model))
     if tokenizer is None:
@@ -317,15 +345,35 @@ def _cmd_build_engine(args) -> int:
     return 0
 
 
+def _check_writable_dir(path: Path, option: str) -> None:
+    """Refuses, before any work, a directory to write into that is a file or cannot be made or written."""
+    _check_output_dir(path, option)
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise MambaExportError(f"{option} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MambaExportError(f"{option} {path}: {existing} is not writable")
+
+
 def _cmd_bench(args) -> int:
+    from .backends.factory import BACKENDS, backend_unavailable
     from .bench import Settings, random_model, run_bench, write_reports
 
     if args.decode_tokens < 1 or args.repeat < 1 or args.warmup < 0:
         raise MambaExportError("--decode-tokens and --repeat must be at least 1, --warmup at least 0")
+    _check_writable_dir(args.out, "--out")
     if (args.out / "bench.json").exists() and not args.overwrite:
         raise MambaExportError(f"{args.out} already holds a report; pass --overwrite or another --out")
     if args.config and args.model:
         raise MambaExportError("give MODEL or --config, not both")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if not backends or unknown:
+        what = f"unknown backends {', '.join(unknown)}" if unknown else "--backends names no backend"
+        raise MambaExportError(f"{what}; choose from {', '.join(BACKENDS)}")
+    reasons = {b: backend_unavailable(b, args.device) for b in backends}
+    if all(reasons.values()):  # nothing would be measured: say why instead of an empty report
+        raise MambaExportError("no backend can run here: " + "; ".join(f"{b}: {why}" for b, why in reasons.items()))
     if args.config:
         with console.step(f"Building {args.config} with random weights"):
             model = random_model(args.config)
@@ -333,7 +381,7 @@ def _cmd_bench(args) -> int:
     else:
         name = args.model = _model_arg(args)
         model = _load(name, "fp32")
-    settings = Settings(backends=[b.strip() for b in args.backends.split(",") if b.strip()], device=args.device,
+    settings = Settings(backends=backends, device=args.device,
                         dtype=args.dtype, batches=args.batch, prompt_lens=args.prompt_len,
                         decode_tokens=args.decode_tokens, warmup=args.warmup, repeat=args.repeat)
     with tempfile.TemporaryDirectory(prefix="mamba-bench-") as work:
@@ -341,7 +389,9 @@ def _cmd_bench(args) -> int:
     paths = write_reports(args.out, name, vars(settings), results)
     print(paths["md"].read_text())
     console.info(f"Wrote {', '.join(str(p) for p in paths.values())}")
-    return 0 if all(r["status"] in ("ok", "skipped") for r in results) else 1  # failed: run or validation
+    measured = any(r["status"] == "ok" for r in results)
+    # 1: a backend failed (its run or its validation), or none was measured.
+    return 0 if measured and all(r["status"] in ("ok", "skipped") for r in results) else 1
 
 
 COMMANDS = {"export": _cmd_export, "validate": _cmd_validate, "generate": _cmd_generate, "bench": _cmd_bench,

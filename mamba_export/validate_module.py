@@ -24,7 +24,7 @@ from . import console
 from .backends.factory import backend_unavailable, default_device, ensure_engine
 from .errors import MambaExportError, MissingDependencyError, errors_as_one_line
 from .export.module_export import as_input_tuple, export_module
-from .export.onnx_export import read_export_info
+from .export.onnx_export import check_graph_matches, read_export_info
 from .intercept import route_scans
 from .runtime.ort import ort_session
 from .tensorrt.profiles import Profiles, ShapeRange
@@ -82,6 +82,9 @@ def ensure_module_export(module, inputs, export_dir: Path, *, portable: bool, so
     """Reuses ``export_dir`` when it holds this model's export in this form, else exports; returns export.json."""
     if (export_dir / "export.json").is_file() and not overwrite:
         info = read_export_info(export_dir)
+        if info.get("kind") != "module":
+            raise MambaExportError(f"{export_dir} holds an export of the language model {info['source']}, not of "
+                                   f"{source}; choose another directory or pass --overwrite")  # fmt: skip
         held = [{"shape": i["shape"][1:], "dtype": i["dtype"]} for i in info.get("inputs", [])]
         if (info.get("kind"), info.get("source"), info.get("portable"), held) == (
             "module", source, portable, _signature(inputs)
@@ -98,12 +101,15 @@ def ensure_module_export(module, inputs, export_dir: Path, *, portable: bool, so
     return read_export_info(export_dir)
 
 
-def _session(export_dir: Path, backend: str):
+def _session(export_dir: Path, backend: str, info: dict):
     path = export_dir / "model.onnx"
     if backend == "ort-portable":
-        return ort_session(path, custom_ops=False)
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "ort-cuda" else ["CPUExecutionProvider"]
-    return ort_session(path, providers=providers)
+        session = ort_session(path, custom_ops=False)
+    else:
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "ort-cuda" else ["CPUExecutionProvider"]
+        session = ort_session(path, providers=providers)
+    check_graph_matches(export_dir, info, session.get_modelmeta().custom_metadata_map)
+    return session
 
 
 def engine_batch_range(example_batch: int, batch: int, max_batch: int | None = None) -> ShapeRange:
@@ -197,7 +203,7 @@ def validate_module(module: torch.nn.Module, example_inputs, export_dir=None, *,
             batch_range = engine_batch_range(example_batch, batch, max_batch)
             plan = ensure_engine(export_dir, overwrite, Profiles(batch=batch_range))
         with console.step(f"Running {backend} and eager PyTorch at batch {batch}"):
-            session = None if backend == "trt" else _session(export_dir, backend)
+            session = None if backend == "trt" else _session(export_dir, backend, info)
             # Inputs the model cannot take (e.g. ids past an embedding) fail here, not in tracing.
             with errors_as_one_line(f"{backend} failed on the inputs"):
                 got = run_engine(plan, info, run_inputs) if session is None else _run_session(session, info, run_inputs)

@@ -3,6 +3,7 @@ run (or break) listed with the reason, the reports, the published sizes, the CLI
 
 import json
 import re
+import warnings
 
 import pytest
 import torch
@@ -149,7 +150,10 @@ def test_cli_bench_on_a_checkpoint(tmp_path, capsys):
     (["--config", "mamba-130m", "some/model"], "give MODEL or --config, not both"),
     (["--config", "mamba-2b"], "invalid choice"),
     (["--decode-tokens", "0"], "at least 1"),
-    (["--backends", "torch,onnx"], "unknown backends"),
+    (["--backends", "torch,onnx"], "unknown backends onnx; choose from torch, ort,"),
+    (["--backends", " ,"], "--backends names no backend"),
+    (["--backends", "ort-cuda,trt", "--device", "cpu"],
+     "no backend can run here: ort-cuda: ort-cuda runs on CUDA; use --device cuda; trt: trt runs on CUDA"),
 ])  # fmt: skip
 def test_cli_bench_errors(argv, message, tmp_path, capsys):
     try:
@@ -159,3 +163,23 @@ def test_cli_bench_errors(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("target", ["a file", "under a file"])
+def test_cli_bench_refuses_an_unusable_out_before_any_work(target, tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    out = a_file if target == "a file" else a_file / "report"
+    code = cli.main(["bench", "--config", "mamba-130m", "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not a directory" in err, err
+    assert a_file.read_text() == "keep"
+
+
+def test_a_report_of_only_skipped_backends_plots_without_warnings(tmp_path):
+    settings = Settings(backends=["ort-cuda"], **FAST)
+    results = [{"backend": "ort-cuda", "status": "skipped", "reason": "no GPU"}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = write_reports(tmp_path, "tiny model", vars(settings), results)
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

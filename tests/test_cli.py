@@ -8,12 +8,15 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from safetensors.torch import load_file, save_file
 
 import mamba_export
 from mamba_export.cli import DEFAULT_MODEL, main
@@ -174,6 +177,9 @@ def test_generate_greedy_text_is_the_same_in_ort_and_torch(shipped_export, capsy
                                         "--prompt", prompt, "--max-new-tokens", new_tokens, "-q")
         assert (code, err) == (0, "")
     assert texts["ort"] == texts["torch"]
+    code, _, err = cli(capsys, "generate", SHIPPED, "--onnx", shipped_export[2], "--prompt", prompt,
+                       "--max-new-tokens", 1)  # the default backend, torch, says it does not use the export
+    assert code == 0 and f"--onnx {shipped_export[2]} is not used: the torch backend runs the checkpoint" in err
     # Independently: greedy decoding by rerunning the eager model on the whole prefix each step.
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     model = mamba_export.load(SHIPPED)
@@ -217,6 +223,9 @@ BAD_INPUT = {
     "bad device": (["validate", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
     "entry option without --entry": (["validate", "--max-batch", "4"],
                                      "--input-shape, --input-dtype and --max-batch go with --entry"),
+    "json onto a file that is not a report": (["validate", "--json", "FILE"],
+                                              "--json FILE: exists and is not a validation report"),
+    "empty output path": (["export", "-o", ""], "argument -o/--output: empty path"),
 }  # fmt: skip
 
 
@@ -230,6 +239,7 @@ def test_bad_input_is_one_line_and_exit_2(case, paths, capsys):
     assert code == 2 and stdout == "" and "Traceback" not in err
     assert re.fullmatch(f"mamba-export {argv[0]}: error: {re.escape(message)}[^\n]*\n", err), err
     assert not paths["OUT"].exists(), "nothing is written"
+    assert paths["FILE"].read_text() == "not a directory", "nothing the user had is changed"
 
 
 @pytest.mark.parametrize("entry", [[], ["--entry", "module_models:build_vision", "--input-shape", "1,3,16,12"]],
@@ -238,3 +248,56 @@ def test_path_errors_come_before_any_work(capsys, entry):
     """Without -q, nothing is loaded or exported before a bad --json is refused."""
     code, _, err = cli(capsys, "validate", *entry, "--json", "/nonexistent/dir/report.json")
     assert code == 2 and err.count("\n") == 1
+
+
+def test_a_report_is_replaced_but_another_file_only_with_overwrite(tmp_path, capsys):
+    quick = ("--batch", 1, "--prompt-len", 4, "--decode-steps", 1, "-q")
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    code, _, err = cli(capsys, "validate", "--json", notes, *quick)
+    assert code == 2 and "exists and is not a validation report" in err and notes.read_text() == '{"mine": true}'
+    code, _, err = cli(capsys, "validate", "--json", notes, "--overwrite", *quick)
+    assert code == 0 and json.loads(notes.read_text())["passed"] is True, err
+    code, _, err = cli(capsys, "validate", "--json", notes, *quick)  # an earlier report: rerun replaces it
+    assert code == 0, err
+
+
+def test_an_export_whose_graph_was_replaced_is_refused(shipped_export, tmp_path, capsys):
+    """model.onnx from another model's export under the shipped model's export.json."""
+    other = tmp_path / "other"
+    checkpoint = mamba_export.save_pretrained(random_model(), tmp_path / "small")
+    assert cli(capsys, "export", checkpoint, "-o", other, "-q")[0] == 0
+    swapped = tmp_path / "swapped"
+    shutil.copytree(shipped_export[2], swapped)
+    shutil.copy(other / "model.onnx", swapped / "model.onnx")
+    for argv in (["validate", "--backend", "ort"], ["generate", "--backend", "ort", "--prompt", "x"]):
+        code, stdout, err = cli(capsys, *argv, SHIPPED, "--onnx", swapped, "-q")
+        assert (code, stdout) == (2, ""), err
+        assert err == (f"mamba-export {argv[0]}: error: {swapped / 'model.onnx'} is not the graph that export.json "
+                       "describes (its config differs); export again with --overwrite\n")
+
+
+def test_an_export_made_before_the_checkpoint_changed_is_refused(tmp_path, capsys):
+    checkpoint = mamba_export.save_pretrained(random_model(), tmp_path / "small")
+    export = tmp_path / "export"
+    quick = ("--backend", "ort", "--onnx", export, "--batch", 1, "--prompt-len", 4, "--decode-steps", 1, "-q")
+    assert cli(capsys, "validate", checkpoint, *quick)[0] == 0
+    assert cli(capsys, "validate", checkpoint, *quick)[0] == 0  # unchanged: reused
+    weights = checkpoint / "model.safetensors"  # new weights, nothing else changed
+    save_file({k: v * 1.01 for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    code, _, err = cli(capsys, "validate", checkpoint, *quick)
+    assert code == 2 and f"{export} holds an export of {checkpoint} made before model.safetensors changed" in err, err
+    code, stdout, err = cli(capsys, "validate", checkpoint, *quick, "--overwrite")
+    assert code == 0 and "PASSED" in stdout, err
+
+
+def test_module_validation_refuses_a_language_model_export(shipped_export, capsys):
+    code, _, err = cli(capsys, "validate", "--entry", "module_models:build_vision", "--input-shape", "1,3,16,12",
+                       "--onnx", shipped_export[2], "-q")
+    assert code == 2 and "Traceback" not in err
+    assert f"{shipped_export[2]} holds an export of the language model {SHIPPED}, not of" in err, err
+
+
+def test_python_m_runs_the_command():
+    done = subprocess.run([sys.executable, "-m", "mamba_export", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == f"mamba-export {mamba_export.__version__}\n", done.stderr

@@ -157,6 +157,20 @@ def test_bad_weights(case, hf, tmp_path):
     assert_load_fails(tmp_path, tmp_path / names, *fragments)
 
 
+def test_unreadable_weights_say_why(hf, tmp_path):
+    write_checkpoint(hf, tmp_path, HF)
+    weights = tmp_path / SAFETENSORS
+    weights.chmod(0)
+    try:
+        if os.access(weights, os.R_OK):
+            pytest.skip("this user reads files without read permission (root)")
+        with pytest.raises(CheckpointError) as info:
+            mamba_export.load(tmp_path)
+        assert str(info.value) == f"{weights}: cannot be read (Permission denied)"
+    finally:
+        weights.chmod(0o644)
+
+
 def shard_index(directory: Path) -> dict:
     return json.loads((directory / "model.safetensors.index.json").read_text())
 

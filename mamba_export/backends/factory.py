@@ -9,7 +9,7 @@ import torch
 
 from .. import console
 from ..errors import MambaExportError, MissingDependencyError
-from ..export.onnx_export import export_onnx, read_export_info, recorded_source
+from ..export.onnx_export import checkpoint_stamp, export_onnx, read_export_info, recorded_source
 from ..runtime.ort import cuda_unavailable, custom_op_providers, import_onnxruntime
 from .base import Backend
 from .torch_backend import TorchBackend
@@ -35,6 +35,11 @@ def ensure_export(model: torch.nn.Module, export_dir: Path, *, portable: bool, o
         info = read_export_info(export_dir)
         held = (recorded_source(info["source"]), info["dtype"], info["portable"])
         if held == (recorded_source(source), dtype, portable):
+            recorded, now = info.get("checkpoint"), checkpoint_stamp(source)
+            if recorded is not None and recorded != now:  # (older exports recorded none)
+                changed = sorted(n for n in {*recorded, *(now or {})} if recorded.get(n) != (now or {}).get(n))
+                raise MambaExportError(f"{export_dir} holds an export of {source} made before {', '.join(changed)} "
+                                       "changed; pass --overwrite to export it again")  # fmt: skip
             console.info(f"Using the export in {export_dir}")
             return export_dir
         raise MambaExportError(

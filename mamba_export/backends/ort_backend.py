@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MambaExportError, MissingDependencyError
-from ..export.onnx_export import read_export_info
+from ..export.onnx_export import check_graph_matches, read_export_info
 from ..runtime.ort import cuda_unavailable, import_onnxruntime, ort_session
 from .base import State
 
@@ -71,6 +71,7 @@ class OrtBackend:
             raise MambaExportError(f"backend {name} runs on the CPU or CUDA, not on {self.device}")
         self.session = ort_session(path, providers=providers, session_options=session_options,
                                    custom_ops=not self.info["portable"])
+        check_graph_matches(export_dir, self.info, self.session.get_modelmeta().custom_metadata_map)
         if self.device.type == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise MissingDependencyError(f"backend {name}: onnxruntime could not start its CUDA execution "
                                          "provider (its warning above says why, e.g. missing CUDA or cuDNN libraries)")

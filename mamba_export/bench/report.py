@@ -109,7 +109,8 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     left.set_xticks(lengths, [str(n) for n in lengths])  # the measured lengths, not powers of ten
     left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=8)
+    if timed:  # (a legend of nothing only warns)
+        left.legend(fontsize=8)
     width = 0.8 / max(len(timed), 1)
     for i, res in enumerate(timed):
         rates = [max((r["decode_tokens_per_s"] for r in res["runs"] if r["batch"] == b), default=0) for b in batches]
@@ -118,7 +119,8 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     right.set_xticks([j + width * (len(timed) - 1) / 2 for j in range(len(batches))], [f"batch {b}" for b in batches])
     right.set(ylabel="decode tokens/s", title="Decode (with the state cache)")
     right.grid(True, axis="y", alpha=0.3)
-    right.legend(fontsize=8)
+    if timed:
+        right.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

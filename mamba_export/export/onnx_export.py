@@ -182,6 +182,7 @@ def export_onnx(
         "inputs": ["input_ids", *state_names(cfg.n_layer, "past")],
         "outputs": ["logits", *state_names(cfg.n_layer, "present")],
         "state": state_layout(model),
+        "checkpoint": checkpoint_stamp(str(source)),
         "versions": tool_versions(),
     }
     info["external_data"] = needs_external_data(model)
@@ -195,6 +196,18 @@ def recorded_source(source: str) -> str:
     against the current directory, as they compared it: where it was exported from is unknown."""
     path = Path(source).expanduser()
     return str(path.resolve()) if path.is_dir() else source
+
+
+def checkpoint_stamp(source: str) -> dict | None:
+    """The files of a local checkpoint that make the model (config, weights), as export.json
+    records them: name -> [size, modification time in ns], so that an export made before one
+    changed is not taken for the model now. None for a hub id or a model without a directory."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return None
+    files = [p for p in sorted(path.iterdir()) if p.name == "config.json" or p.suffix in (".safetensors", ".bin")
+             or p.name.endswith(".index.json")]  # fmt: skip
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
 
 
 def state_layout(model: torch.nn.Module) -> dict:
@@ -250,6 +263,18 @@ def read_export_info(out_dir: str | os.PathLike) -> dict:
         raise MambaExportError(f"{path}: missing {', '.join(missing)} (not written by mamba_export); "
                                "export again with --overwrite")  # fmt: skip
     return info
+
+
+def check_graph_matches(export_dir: str | os.PathLike, info: dict, metadata: dict[str, str]) -> None:
+    """model.onnx carries export.json's main entries in its metadata (``metadata``: the
+    session's custom metadata map): a graph put there from another export must not run as
+    the one that export.json describes."""
+    prefix = "mamba_export."
+    for key, value in metadata.items():
+        name = key.removeprefix(prefix)
+        if key.startswith(prefix) and name in info and json.loads(value) != info[name]:
+            raise MambaExportError(f"{Path(export_dir) / 'model.onnx'} is not the graph that export.json describes "
+                                   f"(its {name} differs); export again with --overwrite")  # fmt: skip
 
 
 # What the backends read from every export.json, language model or module.

@@ -65,6 +65,10 @@ def _read_torch_bin(path: Path) -> dict[str, torch.Tensor]:
 def _read_one(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    try:
+        path.open("rb").close()
+    except OSError as e:  # its own reason (permissions), not the readers' "truncated or corrupt?"
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
     return _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch_bin(path)
 
 
