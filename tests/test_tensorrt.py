@@ -151,6 +151,14 @@ def test_precision_flag_must_match_the_export(capsys, export_dir, tmp_path):
     assert "exported in float32, not float16" in err and not (tmp_path / "m.plan").exists()
 
 
+def test_a_graph_from_another_export_is_refused(exports, tmp_path):
+    swapped = Path(shutil.copytree(exports("mamba1"), tmp_path / "swapped"))
+    shutil.copy(exports("mamba2") / "model.onnx", swapped / "model.onnx")
+    with pytest.raises(MambaExportError, match="is not the graph that export.json describes"):
+        build_engine(swapped, tmp_path / "m.plan")
+    assert not (tmp_path / "m.plan").exists()
+
+
 @pytest.mark.parametrize("architecture, op", [("mamba1", "SelectiveScan"), ("mamba2", "SSDScan")])
 def test_portable_export_is_refused(exports, tmp_path, architecture, op):
     portable = Path(shutil.copytree(exports(architecture), tmp_path / "portable"))

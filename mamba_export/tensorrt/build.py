@@ -88,7 +88,9 @@ def scan_nodes(info: dict) -> tuple[str, int]:
 
 
 def _checked_export(onnx_path: Path, dtype) -> dict:
-    from ..export.onnx_export import read_export_info  # not at import: it loads onnx
+    import onnx  # not at import
+
+    from ..export.onnx_export import check_graph_matches, read_export_info
 
     info = read_export_info(onnx_path.parent)
     if info.get("portable"):
@@ -103,6 +105,8 @@ def _checked_export(onnx_path: Path, dtype) -> dict:
             f"{onnx_path} was exported in {info['dtype']}, not {wanted}: the engine's precision is the export's; "
             f"export in {wanted} (mamba-export export MODEL --dtype {dtype}) or give the checkpoint instead"
         )
+    proto = onnx.load(str(onnx_path), load_external_data=False)  # (weights over 1 GiB stay in their file)
+    check_graph_matches(onnx_path.parent, info, {p.key: p.value for p in proto.metadata_props})
     return info
 
 
