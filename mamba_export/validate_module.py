@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_leaves
 from . import console
 from .backends.factory import backend_unavailable, default_device, ensure_engine
 from .errors import MambaExportError, MissingDependencyError, errors_as_one_line
-from .export.module_export import as_input_tuple, export_module
+from .export.module_export import as_input_tuple, class_path, export_module, weights_digest
 from .export.onnx_export import check_graph_matches, read_export_info
 from .intercept import route_scans
 from .runtime.ort import ort_session
@@ -72,29 +72,40 @@ class ModuleValidationReport:
         return "\n".join(lines)
 
 
-def _signature(inputs) -> list[dict]:
-    """What identifies an export's interface apart from the (dynamic) batch."""
-    return [{"shape": list(t.shape[1:]), "dtype": str(t.dtype).removeprefix("torch.")} for t in inputs]
+def _takes(held: list[dict], inputs) -> bool:
+    """Whether an export's inputs (export.json) take ``inputs``: the same number and types, and
+    every dimension past the batch equal or dynamic (a name in export.json)."""
+    return len(held) == len(inputs) and all(
+        h["dtype"] == str(t.dtype).removeprefix("torch.") and len(h["shape"]) == t.dim()
+        and all(not isinstance(d, int) or d == n for d, n in zip(h["shape"][1:], t.shape[1:]))
+        for h, t in zip(held, inputs)
+    )  # fmt: skip
 
 
 def ensure_module_export(module, inputs, export_dir: Path, *, portable: bool, source: str,
                          overwrite: bool = False) -> dict:
-    """Reuses ``export_dir`` when it holds this model's export in this form, else exports; returns export.json."""
+    """Reuses ``export_dir`` when it holds this model's export (by ``source`` or by the module's
+    class, the name export_onnx gives it) in this form, from these weights, for these inputs;
+    else exports. Returns export.json."""
     if (export_dir / "export.json").is_file() and not overwrite:
         info = read_export_info(export_dir)
         if info.get("kind") != "module":
             raise MambaExportError(f"{export_dir} holds an export of the language model {info['source']}, not of "
                                    f"{source}; choose another directory or pass --overwrite")  # fmt: skip
-        held = [{"shape": i["shape"][1:], "dtype": i["dtype"]} for i in info.get("inputs", [])]
-        if (info.get("kind"), info.get("source"), info.get("portable"), held) == (
-            "module", source, portable, _signature(inputs)
-        ):
+        held = info["source"]
+        why = (
+            f"it is of {held}" if held not in (source, class_path(module))
+            else f"it is {'' if info['portable'] else 'not '}portable" if info["portable"] != portable
+            else "its inputs have other shapes or types" if not _takes(info["inputs"], inputs)
+            else "it was made from other weights"
+            if info.get("weights_sha256", weights_digest(module)) != weights_digest(module)
+            else None
+        )  # fmt: skip
+        if why is None:
             console.info(f"Using the export in {export_dir}")
             return info
-        raise MambaExportError(
-            f"{export_dir} holds another export ({info.get('source')}, portable={info.get('portable')}), not "
-            f"{source} (portable={portable}) with these inputs; choose another directory or pass --overwrite"
-        )
+        raise MambaExportError(f"{export_dir} holds an export that does not fit {source}: {why}; choose another "
+                               "directory or pass --overwrite (overwrite=True)")  # fmt: skip
     kind = "portable ONNX" if portable else "ONNX"
     with console.step(f"Exporting {source} to {kind} in {export_dir}"):
         export_module(module, inputs, export_dir, portable=portable, overwrite=overwrite, source=source)
@@ -186,7 +197,7 @@ def validate_module(module: torch.nn.Module, example_inputs, export_dir=None, *,
     if backend != "trt" and any(t.dtype == torch.bfloat16 for t in inputs):
         raise MambaExportError("bfloat16 inputs cannot be fed to ONNX Runtime from Python; validate in float16 "
                                "or float32, or with the trt backend")  # fmt: skip
-    source = source or f"{type(module).__module__}.{type(module).__qualname__}"
+    source = source or class_path(module)
     with contextlib.ExitStack() as stack:
         if export_dir is None:
             export_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mamba-export-"))
@@ -211,7 +222,10 @@ def validate_module(module: torch.nn.Module, example_inputs, export_dir=None, *,
                 expected = _eager_float32(module, run_inputs, reference)
     if len(got) != len(expected):
         raise MambaExportError(f"the export has {len(got)} outputs, the eager module returns {len(expected)} tensors")
-    tolerance = TOLERANCES.get(info["dtype"], TOLERANCES["float32"])[0]
+    # The loosest of the weights' and the activations' types: float32 weights run on float16
+    # inputs compute in float16.
+    types = {info["dtype"], *(t["dtype"] for t in info["inputs"] + info["outputs"])}
+    tolerance = max((TOLERANCES[t][0] for t in types if t in TOLERANCES), default=TOLERANCES["float32"][0])
     outputs = []
     for meta, out, ref in zip(info["outputs"], got, expected):
         abs_err = _max_abs_diff(out, ref) if out.shape == ref.shape else float("inf")

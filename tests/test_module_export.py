@@ -8,6 +8,7 @@ module exports where TensorRT or TensorRT-RTX imports, run where a GPU takes the
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -33,6 +34,7 @@ from transformers.models.mamba.modeling_mamba import MambaMixer
 
 import mamba_export
 import mamba_export.validate_module as validate_module_py  # the module; validate_module is its function
+from mamba_export.validate import TOLERANCES
 from mamba_export import export_onnx
 from mamba_export.backends.factory import backend_unavailable, ensure_engine
 from mamba_export.cli import main
@@ -649,10 +651,15 @@ def test_validate_module_reuses_its_export_and_reports_per_output_errors(exporte
     assert report.outputs[0]["name"] == "features" and report.outputs[0]["shape"] == [2, 4, 3, 8]
     assert report.outputs[0]["max_rel_err"] < 1e-4
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is True
-    with pytest.raises(mamba_export.MambaExportError, match="holds another export"):  # the custom-op form
+    with pytest.raises(mamba_export.MambaExportError, match="does not fit .*: it is not portable"):
         validate_module(model, CASES["cross_scan"][1], path.parent, backend="ort-portable")
-    with pytest.raises(mamba_export.MambaExportError, match="holds another export"):  # other input shape
+    with pytest.raises(mamba_export.MambaExportError, match="its inputs have other shapes or types"):
         validate_module(model, torch.randn(2, 3, 8, 8), path.parent, backend="ort")
+    retrained = copy.deepcopy(model)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)
+    with pytest.raises(mamba_export.MambaExportError, match="it was made from other weights"):
+        validate_module(retrained, CASES["cross_scan"][1], path.parent, backend="ort")
 
 
 # -- the shim and the validate command, in clean interpreters ---------------------------------------------------
@@ -965,3 +972,51 @@ def test_trt_backend_matches_eager_for_modules(trt, cli, tmp_path):
     model = perturbed(BidirectionalPatchMamba())
     report = validate_module(model, torch.randn(2, 3, 16, 16), tmp_path / "vim", backend="trt", max_batch=5)
     assert report.passed and report.batch == 3, report.table()
+
+
+def test_cli_reuses_the_export_that_export_onnx_made(cli, tmp_path):
+    """The quick start's order: export_onnx(model, ...) names the export by the model's class,
+    `validate --entry` by the entry point; both name the same model."""
+    install_mamba_ssm_shim()
+    import module_models  # noqa: PLC0415  (needs the shim, as user code does)
+
+    export_onnx(module_models.build_vision(), torch.randn(1, 3, 16, 12), tmp_path / "vim")
+    code, out, err = cli("validate", *VISION, "--onnx", str(tmp_path / "vim"))
+    assert code == 0 and "PASSED" in out, err
+    assert f"Using the export in {tmp_path / 'vim'}" in err
+
+
+class HalfActivations(nn.Module):
+    """float32 parameters, float16 activations: the scan computes in float16."""
+
+    def __init__(self, dim=8, d_state=4):
+        super().__init__()
+        self.A_log = nn.Parameter(torch.log(torch.arange(1.0, d_state + 1).repeat(dim, 1)))
+        self.D = nn.Parameter(torch.ones(dim))
+
+    def forward(self, u, delta, B, C):
+        return selective_scan_fn(u, delta, -torch.exp(self.A_log), B, C, self.D, delta_softplus=True)
+
+
+def test_float16_activations_are_held_to_the_float16_tolerance(tmp_path):
+    model = perturbed(HalfActivations())
+    example = tuple(torch.randn(*shape).half() for shape in ((2, 8, 40), (2, 8, 40), (2, 4, 40), (2, 4, 40)))
+    report = validate_module(model, example, tmp_path / "half", backend="ort")
+    assert report.tolerance == TOLERANCES["float16"][0] and report.passed
+    assert 1e-5 < report.outputs[0]["max_rel_err"] <= report.tolerance  # float16 rounding, not float32 agreement
+
+
+def test_dynamic_dimensions_take_any_size():
+    held = [{"name": "images", "shape": ["batch", 3, "4*h", "4*w"], "dtype": "float32"}]
+    assert validate_module_py._takes(held, [torch.randn(2, 3, 32, 16)])
+    assert not validate_module_py._takes(held, [torch.randn(2, 4, 32, 16)])  # a fixed dimension differs
+    assert not validate_module_py._takes(held, [torch.randn(2, 3, 32)])  # another rank
+    assert not validate_module_py._takes(held, [torch.randn(2, 3, 32, 16).half()])  # another type
+
+
+def test_an_export_without_a_scan_node_says_so(tmp_path, capsys):
+    export_onnx(nn.Sequential(nn.Linear(4, 4), nn.GELU()), torch.randn(2, 4), tmp_path / "plain")
+    assert "Warning: no selective scan of torch.nn.modules.container.Sequential became" in capsys.readouterr().err
+    export_onnx(perturbed(HalfActivations()), tuple(torch.randn(2, *s) for s in ((8, 9), (8, 9), (4, 9), (4, 9))),
+                tmp_path / "scan")  # fmt: skip
+    assert "Warning" not in capsys.readouterr().err

@@ -9,6 +9,7 @@ version, portable form) are the language-model export's (onnx_export.py).
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import os
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from .. import console
 from ..errors import MambaExportError, errors_as_one_line
 from ..intercept import route_scans
 from ..loading import resolve_dtype
@@ -101,6 +103,21 @@ def describe_graph(proto: onnx.ModelProto) -> dict:
     }
 
 
+def class_path(module: torch.nn.Module) -> str:
+    """How export.json names a module by default: its class, with its module."""
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of the module's parameters and buffers (names, types, shapes, bytes), so that an
+    export made from other weights of the same model is not taken for this one."""
+    digest = hashlib.sha256()
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        digest.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
+        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def module_dtype(module: torch.nn.Module) -> str:
     floating = [p.dtype for p in module.parameters() if p.is_floating_point()]
     return str(floating[0] if floating else torch.float32).removeprefix("torch.")
@@ -137,7 +154,7 @@ def export_module(
     if target is not None:
         module = copy.deepcopy(module).to(target)  # never change the caller's module
         inputs = tuple(t.to(target) if t.is_floating_point() else t for t in inputs)
-    source = source or f"{type(module).__module__}.{type(module).__qualname__}"
+    source = source or class_path(module)
     in_names = _names(input_names, len(inputs), _default_input_names(module, len(inputs)), "input_names")
     check_opset(opset)
     out_dir = Path(out_dir)
@@ -172,7 +189,12 @@ def export_module(
         "custom_domain": None if portable else {"domain": DOMAIN, "version": DOMAIN_VERSION},
         "portable": portable,
         "dynamic_batch": dynamic,
+        "weights_sha256": weights_digest(module),
         "versions": tool_versions(),
         "external_data": needs_external_data(module),
     }
-    return write_export(out_dir, onnx_program, info, ("kind", "source", "portable"), started, describe_graph)
+    path = write_export(out_dir, onnx_program, info, ("kind", "source", "portable"), started, describe_graph)
+    if info["selective_scans"] == 0:  # the export is valid, but the scan ran as unrolled ops (slow, large)
+        console.info(f"Warning: no selective scan of {source} became a mamba.SelectiveScan node; see "
+                     "docs/custom-models.md for the calls that are recognised")  # fmt: skip
+    return path

@@ -85,7 +85,8 @@ def quiet_exporter():
 def reserve_output(out_dir: Path, overwrite: bool) -> None:
     existing = [p for p in (out_dir / "model.onnx", out_dir / "export.json") if p.exists()]
     if existing and not overwrite:
-        raise MambaExportError(f"{out_dir} already holds an export ({existing[0].name}); use --overwrite to replace it")
+        raise MambaExportError(f"{out_dir} already holds an export ({existing[0].name}); use --overwrite "
+                               "(overwrite=True) to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
