@@ -117,8 +117,8 @@ def _session(export_dir: Path, backend: str, info: dict):
     if backend == "ort-portable":
         session = ort_session(path, custom_ops=False)
     else:
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "ort-cuda" else ["CPUExecutionProvider"]
-        session = ort_session(path, providers=providers)
+        cuda = ["CUDAExecutionProvider"] if backend == "ort-cuda" else []
+        session = ort_session(path, providers=[*cuda, "CPUExecutionProvider"])
     check_graph_matches(export_dir, info, session.get_modelmeta().custom_metadata_map)
     return session
 

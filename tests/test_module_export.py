@@ -579,7 +579,7 @@ def test_unsupported_scan_fails_the_export_with_that_error(tmp_path):
 
     with pytest.raises(UnsupportedScanError, match="time-invariant"):
         export_onnx(TimeInvariant(), torch.randn(2, 4, 5), tmp_path / "x")
-    assert not list((tmp_path / "x").iterdir()), "a failed export leaves nothing behind"
+    assert not (tmp_path / "x").exists(), "a failed export leaves nothing behind, not even the directory it made"
 
 
 def test_bad_example_inputs_and_existing_exports(tmp_path):
@@ -1020,3 +1020,15 @@ def test_an_export_without_a_scan_node_says_so(tmp_path, capsys):
     export_onnx(perturbed(HalfActivations()), tuple(torch.randn(2, *s) for s in ((8, 9), (8, 9), (4, 9), (4, 9))),
                 tmp_path / "scan")  # fmt: skip
     assert "Warning" not in capsys.readouterr().err
+
+
+def test_a_failed_export_leaves_no_directory_it_made(tmp_path):
+    out = tmp_path / "new" / "dir"
+    with pytest.raises(MambaExportError, match="torch.export cannot trace"):
+        export_onnx(perturbed(HalfActivations()), torch.randn(2, 3), out)  # not the inputs forward takes
+    assert not (tmp_path / "new").exists(), "nor its parents"
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(MambaExportError):
+        export_onnx(perturbed(HalfActivations()), torch.randn(2, 3), kept)
+    assert kept.is_dir(), "a directory the user had stays"

@@ -27,7 +27,7 @@ from .onnx_export import (
     check_opset,
     needs_external_data,
     quiet_exporter,
-    reserve_output,
+    reserved_output,
     tool_versions,
     write_export,
 )
@@ -158,43 +158,42 @@ def export_module(
     in_names = _names(input_names, len(inputs), _default_input_names(module, len(inputs)), "input_names")
     check_opset(opset)
     out_dir = Path(out_dir)
-    reserve_output(out_dir, overwrite)
-
-    started = time.perf_counter()
-    dynamic = dynamic_shapes is None and dynamic_batch
-    if dynamic:
-        inputs, dynamic_shapes = _batch_shapes(inputs)
-    program = _trace(module, inputs, dynamic_shapes, source)
-    n_out = sum(s.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT
-                for s in program.graph_signature.output_specs)  # fmt: skip
-    out_names = _names(output_names, n_out, ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)],
-                       "output_names")  # fmt: skip
-    with quiet_exporter():
-        onnx_program = torch.onnx.export(
-            program,
-            dynamo=True,
-            dynamic_shapes=dynamic_shapes,  # names the dynamic axes as given ("batch")
-            opset_version=opset,
-            custom_translation_table=TRANSLATION_TABLE,
-            input_names=in_names,
-            output_names=out_names,
-            optimize=True,
-            verbose=False,
-        )
-    info = {
-        "kind": "module",
-        "source": source,
-        "dtype": module_dtype(module),
-        "opset": opset,
-        "custom_domain": None if portable else {"domain": DOMAIN, "version": DOMAIN_VERSION},
-        "portable": portable,
-        "dynamic_batch": dynamic,
-        "weights_sha256": weights_digest(module),
-        "versions": tool_versions(),
-        "external_data": needs_external_data(module),
-    }
-    path = write_export(out_dir, onnx_program, info, ("kind", "source", "portable"), started, describe_graph)
-    if info["selective_scans"] == 0:  # the export is valid, but the scan ran as unrolled ops (slow, large)
-        console.info(f"Warning: no selective scan of {source} became a mamba.SelectiveScan node; see "
-                     "docs/custom-models.md for the calls that are recognised")  # fmt: skip
-    return path
+    with reserved_output(out_dir, overwrite):
+        started = time.perf_counter()
+        dynamic = dynamic_shapes is None and dynamic_batch
+        if dynamic:
+            inputs, dynamic_shapes = _batch_shapes(inputs)
+        program = _trace(module, inputs, dynamic_shapes, source)
+        n_out = sum(s.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT
+                    for s in program.graph_signature.output_specs)  # fmt: skip
+        out_names = _names(output_names, n_out, ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)],
+                           "output_names")  # fmt: skip
+        with quiet_exporter():
+            onnx_program = torch.onnx.export(
+                program,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,  # names the dynamic axes as given ("batch")
+                opset_version=opset,
+                custom_translation_table=TRANSLATION_TABLE,
+                input_names=in_names,
+                output_names=out_names,
+                optimize=True,
+                verbose=False,
+            )
+        info = {
+            "kind": "module",
+            "source": source,
+            "dtype": module_dtype(module),
+            "opset": opset,
+            "custom_domain": None if portable else {"domain": DOMAIN, "version": DOMAIN_VERSION},
+            "portable": portable,
+            "dynamic_batch": dynamic,
+            "weights_sha256": weights_digest(module),
+            "versions": tool_versions(),
+            "external_data": needs_external_data(module),
+        }
+        path = write_export(out_dir, onnx_program, info, ("kind", "source", "portable"), started, describe_graph)
+        if info["selective_scans"] == 0:  # the export is valid, but the scan ran as unrolled ops (slow, large)
+            console.info(f"Warning: no selective scan of {source} became a mamba.SelectiveScan node; see "
+                         "docs/custom-models.md for the calls that are recognised")  # fmt: skip
+        return path

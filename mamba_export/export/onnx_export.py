@@ -82,12 +82,23 @@ def quiet_exporter():
         registry_log.setLevel(level)
 
 
-def reserve_output(out_dir: Path, overwrite: bool) -> None:
+@contextlib.contextmanager
+def reserved_output(out_dir: Path, overwrite: bool):
+    """Refuses to replace an export unasked and makes ``out_dir`` (before the export's work, so
+    that an unusable path fails first); a directory it made is removed again if the export fails."""
     existing = [p for p in (out_dir / "model.onnx", out_dir / "export.json") if p.exists()]
     if existing and not overwrite:
         raise MambaExportError(f"{out_dir} already holds an export ({existing[0].name}); use --overwrite "
                                "(overwrite=True) to replace it")
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for p in made:  # innermost first, each only if still empty
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
 
 
 def _trace(model: torch.nn.Module, opset: int):
@@ -165,29 +176,30 @@ def export_onnx(
                         "except dtype, opset, portable, overwrite")  # fmt: skip
     check_opset(opset)
     out_dir = Path(out_dir)
-    reserve_output(out_dir, overwrite)
-    model = _prepare_model(model_or_path, dtype)
-    cfg = model.config
-    model_dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
-    started = time.perf_counter()
-    program = _trace(model, opset)
-    source = getattr(model, "source", model_or_path if isinstance(model_or_path, (str, os.PathLike)) else "<module>")
-    info = {
-        "source": recorded_source(str(source)),
-        "architecture": cfg.architecture,
-        "config": cfg.to_dict(),
-        "dtype": model_dtype,
-        "opset": opset,
-        "custom_domain": None if portable else {"domain": DOMAIN, "version": DOMAIN_VERSION},
-        "portable": portable,
-        "inputs": ["input_ids", *state_names(cfg.n_layer, "past")],
-        "outputs": ["logits", *state_names(cfg.n_layer, "present")],
-        "state": state_layout(model),
-        "checkpoint": checkpoint_stamp(str(source)),
-        "versions": tool_versions(),
-    }
-    info["external_data"] = needs_external_data(model)
-    return write_export(out_dir, program, info, ("architecture", "config", "portable"), started)
+    with reserved_output(out_dir, overwrite):
+        model = _prepare_model(model_or_path, dtype)
+        cfg = model.config
+        model_dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
+        started = time.perf_counter()
+        program = _trace(model, opset)
+        named = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else "<module>"
+        source = getattr(model, "source", named)
+        info = {
+            "source": recorded_source(str(source)),
+            "architecture": cfg.architecture,
+            "config": cfg.to_dict(),
+            "dtype": model_dtype,
+            "opset": opset,
+            "custom_domain": None if portable else {"domain": DOMAIN, "version": DOMAIN_VERSION},
+            "portable": portable,
+            "inputs": ["input_ids", *state_names(cfg.n_layer, "past")],
+            "outputs": ["logits", *state_names(cfg.n_layer, "present")],
+            "state": state_layout(model),
+            "checkpoint": checkpoint_stamp(str(source)),
+            "versions": tool_versions(),
+        }
+        info["external_data"] = needs_external_data(model)
+        return write_export(out_dir, program, info, ("architecture", "config", "portable"), started)
 
 
 def recorded_source(source: str) -> str:
