@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import mamba_export
 from mamba_export.cli import DEFAULT_MODEL, main
+from mamba_export.intercept import uninstall_mamba_ssm_shim
 from mamba_export.tokenizer import load_tokenizer
 from mamba_export.validate import TOLERANCES
 from test_export import random_model
@@ -293,8 +294,11 @@ def test_an_export_made_before_the_checkpoint_changed_is_refused(tmp_path, capsy
 
 
 def test_module_validation_refuses_a_language_model_export(shipped_export, capsys):
-    code, _, err = cli(capsys, "validate", "--entry", "module_models:build_vision", "--input-shape", "1,3,16,12",
-                       "--onnx", shipped_export[2], "-q")
+    try:
+        code, _, err = cli(capsys, "validate", "--entry", "module_models:build_vision", "--input-shape", "1,3,16,12",
+                           "--onnx", shipped_export[2], "-q")
+    finally:
+        uninstall_mamba_ssm_shim()  # --entry installed it; other test modules must not see a mamba_ssm
     assert code == 2 and "Traceback" not in err
     assert f"{shipped_export[2]} holds an export of the language model {SHIPPED}, not of" in err, err
 
