@@ -9,7 +9,8 @@ import torch
 
 from .. import console
 from ..errors import MambaExportError, MissingDependencyError
-from ..export.onnx_export import checkpoint_stamp, export_onnx, read_export_info, recorded_source
+from ..export.onnx_export import export_onnx, read_export_info, recorded_source
+from ..loading import checkpoint_stamp
 from ..runtime.ort import cuda_unavailable, custom_op_providers, import_onnxruntime
 from .base import Backend
 from .torch_backend import TorchBackend

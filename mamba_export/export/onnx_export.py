@@ -30,7 +30,7 @@ import torch
 
 from .. import __version__
 from ..errors import MambaExportError
-from ..loading import load, resolve_dtype
+from ..loading import checkpoint_stamp, load, resolve_dtype
 from .portable import make_portable
 from .schemas import DOMAIN, DOMAIN_VERSION
 from .translation import TRANSLATION_TABLE
@@ -209,18 +209,6 @@ def recorded_source(source: str) -> str:
     against the current directory, as they compared it: where it was exported from is unknown."""
     path = Path(source).expanduser()
     return str(path.resolve()) if path.is_dir() else source
-
-
-def checkpoint_stamp(source: str) -> dict | None:
-    """The files of a local checkpoint that make the model (config, weights), as export.json
-    records them: name -> [size, modification time in ns], so that an export made before one
-    changed is not taken for the model now. None for a hub id or a model without a directory."""
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        return None
-    files = [p for p in sorted(path.iterdir()) if p.name == "config.json" or p.suffix in (".safetensors", ".bin")
-             or p.name.endswith(".index.json")]  # fmt: skip
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
 
 
 def state_layout(model: torch.nn.Module) -> dict:

@@ -15,7 +15,7 @@ from ..errors import CheckpointError, MissingDependencyError
 from ..models import Mamba1Config, Mamba2Config, MambaLMHeadModel, build_model
 from ..ops.contract import ACTIVATION_DTYPES
 from .configs import hf_layout_problem, parse_config, read_json, to_hf_config
-from .weights import WEIGHT_FILES, find_weights, read_weights
+from .weights import WEIGHT_FILES, find_weights, read_weights, weight_files
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -156,6 +156,17 @@ def load(path_or_hub_id: str | os.PathLike, dtype=None, device="cpu") -> MambaLM
             raise CheckpointError(f"{weights}: the weights are {target}; pass dtype='fp32', 'fp16' or 'bf16'")
     model.source = str(path_or_hub_id)
     return model.to(device=device, dtype=target or torch.float32).eval()
+
+
+def checkpoint_stamp(source: str) -> dict | None:
+    """The files ``load`` reads from a local checkpoint (config and weights) as export.json
+    records them: name -> [size, modification time in ns], so that an export made before one
+    changed is not taken for the model now. None for a hub id or a model without a directory."""
+    directory = Path(source).expanduser()
+    if not directory.is_dir():
+        return None
+    files = [directory / "config.json", *weight_files(find_weights(directory))]
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
 
 
 def _write_atomically(target: Path, write) -> None:
