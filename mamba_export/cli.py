@@ -190,11 +190,17 @@ def _check_output_file(path: Path | None, option: str, created: Path | None = No
 
 def _is_report(path: Path) -> bool:
     """Whether ``path`` holds a report that `mamba-export validate --json` wrote (a rerun replaces it)."""
+    from dataclasses import fields
+
+    from .validate import ValidationReport
+    from .validate_module import ModuleValidationReport
+
     try:
         report = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    return isinstance(report, dict) and isinstance(report.get("passed"), bool) and {"backend", "model"} <= set(report)
+    kinds = ({f.name for f in fields(kind)} for kind in (ValidationReport, ModuleValidationReport))
+    return isinstance(report, dict) and set(report) in kinds
 
 
 def _check_onnx_dir(args) -> None:
@@ -356,8 +362,8 @@ def _check_writable_dir(path: Path, option: str) -> None:
 
 
 def _cmd_bench(args) -> int:
-    from .backends.factory import BACKENDS, backend_unavailable
-    from .bench import Settings, random_model, run_bench, write_reports
+    from .backends.factory import backend_unavailable
+    from .bench import Settings, check_backend_names, random_model, run_bench, write_reports
 
     if args.decode_tokens < 1 or args.repeat < 1 or args.warmup < 0:
         raise MambaExportError("--decode-tokens and --repeat must be at least 1, --warmup at least 0")
@@ -367,10 +373,7 @@ def _cmd_bench(args) -> int:
     if args.config and args.model:
         raise MambaExportError("give MODEL or --config, not both")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if not backends or unknown:
-        what = f"unknown backends {', '.join(unknown)}" if unknown else "--backends names no backend"
-        raise MambaExportError(f"{what}; choose from {', '.join(BACKENDS)}")
+    check_backend_names(backends)
     reasons = {b: backend_unavailable(b, args.device) for b in backends}
     if all(reasons.values()):  # nothing would be measured: say why instead of an empty report
         raise MambaExportError("no backend can run here: " + "; ".join(f"{b}: {why}" for b, why in reasons.items()))

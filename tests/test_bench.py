@@ -151,7 +151,7 @@ def test_cli_bench_on_a_checkpoint(tmp_path, capsys):
     (["--config", "mamba-2b"], "invalid choice"),
     (["--decode-tokens", "0"], "at least 1"),
     (["--backends", "torch,onnx"], "unknown backends onnx; choose from torch, ort,"),
-    (["--backends", " ,"], "--backends names no backend"),
+    (["--backends", " ,"], "no backend named; choose from torch, ort,"),
     (["--backends", "ort-cuda,trt", "--device", "cpu"],
      "no backend can run here: ort-cuda: ort-cuda runs on CUDA; use --device cuda; trt: trt runs on CUDA"),
 ])  # fmt: skip

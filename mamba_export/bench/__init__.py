@@ -2,6 +2,7 @@
 
 from .configs import PUBLISHED, published_config, random_model
 from .report import write_reports
-from .runner import Settings, run_bench
+from .runner import Settings, check_backend_names, run_bench
 
-__all__ = ["PUBLISHED", "Settings", "published_config", "random_model", "run_bench", "write_reports"]
+__all__ = ["PUBLISHED", "Settings", "check_backend_names", "published_config", "random_model", "run_bench",
+           "write_reports"]

@@ -133,11 +133,16 @@ def _measure_backend(result: dict, name: str, model: torch.nn.Module, reference:
     return result
 
 
+def check_backend_names(names: list[str]) -> None:
+    unknown = [b for b in names if b not in BACKENDS]
+    if not names or unknown:
+        what = f"unknown backends {', '.join(unknown)}" if unknown else "no backend named"
+        raise MambaExportError(f"{what}; choose from {', '.join(BACKENDS)}")
+
+
 def run_bench(model: torch.nn.Module, settings: Settings, work_dir: Path) -> list[dict]:
     """``model``: the eager model in float32 on the CPU (also the validation reference)."""
-    unknown = [b for b in settings.backends if b not in BACKENDS]
-    if unknown:
-        raise MambaExportError(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
+    check_backend_names(settings.backends)
     reference = TorchBackend(model, name="reference")
     dtype = resolve_dtype(settings.dtype)
     run_model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
