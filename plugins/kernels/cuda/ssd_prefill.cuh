@@ -121,6 +121,15 @@ __device__ __forceinline__ float2 load_two(const T* p, bool vec, bool both) {
   return make_float2(to_float(p[0]), both ? to_float(p[1]) : 0.f);
 }
 
+// The same pair of 16-bit elements as the word they make (low half first), unconverted.
+template <typename T>
+__device__ __forceinline__ uint32_t load_two_raw(const T* p, bool vec, bool both) {
+  static_assert(sizeof(T) == 2, "16-bit elements");
+  if (vec && both) return *reinterpret_cast<const uint32_t*>(p);
+  const uint16_t* q = reinterpret_cast<const uint16_t*>(p);
+  return both ? uint32_t(q[0]) | uint32_t(q[1]) << 16 : uint32_t(q[0]);
+}
+
 template <typename T>
 __device__ __forceinline__ void store_two(T* p, float2 v, bool vec, bool both) {
   if (vec && both) {
@@ -225,7 +234,7 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
   if (!kStatesOnly) store_state_tile();
 
   // Warp 0's dt: steps lane and lane + 32 of the next chunk to process, loaded a chunk ahead.
-  const float A_h = a.A[h], bias = a.dt_bias ? a.dt_bias[h] : 0.f;
+  const float A_h = a.A[h], bias = a.dt_bias ? a.dt_bias[h] : 0.f, Dh = a.D ? a.D[h] : 0.f;
   float raw[2] = {0.f, 0.f};
   auto load_dt = [&](int64_t t0) {
 #pragma unroll
@@ -287,7 +296,8 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
     }
 
     if constexpr (!kStatesOnly) {
-      // The gate's loads first (16-bit pairs kept packed), so that the products hide them.
+      // The gate's loads first, as the raw 16-bit pairs: the products hide them (converted
+      // here, the warp waited for each load at once: a fifth of the kernel's stalls).
       const int64_t row0 = ((int64_t(b) * a.L + t0 + r0) * a.H + h) * a.P + p0, row1 = row0 + 8 * x_stride;
       const bool vec_yz = a.vec & kSsdVecYZ;
       uint32_t zraw[2][PTL];
@@ -297,10 +307,10 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
 #pragma unroll
           for (int j = 0; j < PTL; ++j) {
             const int p = pw0 + 8 * j + 2 * tq;
-            const bool ok = a.z && t0 + (hf ? r1 : r0) < t_end && p < p_valid;
-            const float2 v = ok ? load_two(static_cast<const T*>(a.z) + (hf ? row1 : row0) + p, vec_yz, p + 1 < p_valid)
-                                : make_float2(0.f, 0.f);
-            zraw[hf][j] = pack2<T>(v.x, v.y);
+            zraw[hf][j] = 0u;
+            if (a.z && t0 + (hf ? r1 : r0) < t_end && p < p_valid) {
+              zraw[hf][j] = load_two_raw(static_cast<const T*>(a.z) + (hf ? row1 : row0) + p, vec_yz, p + 1 < p_valid);
+            }
           }
         }
       }
@@ -367,7 +377,6 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
         }
       }
       // + D x, gate, store.
-      const float Dh = a.D ? a.D[h] : 0.f;
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int t = hf ? r1 : r0;
