@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from . import __version__, console
+from . import __version__, console, jsonio
 from .errors import MambaExportError
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -196,7 +195,7 @@ def _is_report(path: Path) -> bool:
     from .validate_module import ModuleValidationReport
 
     try:
-        report = json.loads(path.read_text())
+        report = jsonio.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     kinds = ({f.name for f in fields(kind)} for kind in (ValidationReport, ModuleValidationReport))

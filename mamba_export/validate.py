@@ -8,12 +8,12 @@ the greedy (argmax) token agrees.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from . import jsonio
 from .backends.base import Backend, State
 
 # Per exported dtype: (max relative logits error, max relative state error, min greedy agreement).
@@ -42,7 +42,7 @@ class ValidationReport:
     passed: bool
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return jsonio.dumps(asdict(self), indent=2)
 
     def table(self) -> str:
         rel, state_tol, greedy_tol = (self.tolerance[k] for k in ("max_rel_err", "state_max_rel_err", "greedy_match"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,11 +19,11 @@ from pathlib import Path
 import torch
 from torch.utils._pytree import tree_leaves
 
-from . import console
+from . import console, jsonio
 from .backends.factory import backend_unavailable, default_device, ensure_engine
 from .errors import MambaExportError, MissingDependencyError, errors_as_one_line
-from .export.module_export import as_input_tuple, class_path, export_module, weights_digest
-from .export.onnx_export import check_graph_matches, read_export_info
+from .export.module_export import as_input_tuple, class_path, export_module
+from .export.onnx_export import check_graph_matches, read_export_info, weights_digest
 from .intercept import route_scans
 from .runtime.ort import ort_session
 from .tensorrt.profiles import Profiles, ShapeRange
@@ -57,7 +56,7 @@ class ModuleValidationReport:
     passed: bool
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return jsonio.dumps(asdict(self), indent=2)
 
     def table(self) -> str:
         head = (f"{self.backend} vs eager PyTorch (float32, {self.reference}) | {self.model} | {self.dtype} | "

@@ -75,6 +75,12 @@ def test_export_replaces_files_only_with_overwrite(tmp_path, capsys):
     assert err == (f"mamba-export export: error: {out} already holds an export (model.onnx); use --overwrite "
                    "(overwrite=True) to replace it\n")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == mine, "a refused export changes nothing"
+    weights_only = tmp_path / "weights-only"  # an export's external weights alone are kept too
+    weights_only.mkdir()
+    (weights_only / "model.onnx.data").write_bytes(b"the user's weights")
+    code, _, err = cli(capsys, "export", checkpoint, "-o", weights_only, "-q")
+    assert code == 2 and "already holds an export (model.onnx.data)" in err, err
+    assert (weights_only / "model.onnx.data").read_bytes() == b"the user's weights"
 
     code, stdout, err = cli(capsys, "export", checkpoint, "-o", out, "--overwrite", "-q")
     assert (code, stdout, err) == (0, f"{out / 'model.onnx'}\n", "")
@@ -288,9 +294,36 @@ def test_an_export_made_before_the_checkpoint_changed_is_refused(tmp_path, capsy
     weights = checkpoint / "model.safetensors"  # new weights, nothing else changed
     save_file({k: v * 1.01 for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
     code, _, err = cli(capsys, "validate", checkpoint, *quick)
-    assert code == 2 and f"{export} holds an export of {checkpoint} made before model.safetensors changed" in err, err
+    assert code == 2 and f"{export} holds an export of {checkpoint} made from other weights than the model loaded now" in err, err
     code, stdout, err = cli(capsys, "validate", checkpoint, *quick, "--overwrite")
     assert code == 0 and "PASSED" in stdout, err
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["layer_norm_epsilon"] *= 10  # the same weights, another model
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    code, _, err = cli(capsys, "validate", checkpoint, *quick)
+    assert code == 2 and "made from another config than the model loaded now" in err, err
+    assert cli(capsys, "validate", checkpoint, *quick, "--overwrite")[0] == 0
+
+
+def test_an_export_of_a_changed_model_in_memory_is_not_taken_for_its_checkpoint(tmp_path, capsys):
+    """A model loaded from a checkpoint and then changed (fine-tuned, pruned) keeps its source's
+    name; its export must not be used to run the checkpoint."""
+    model = mamba_export.load(SHIPPED)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    export = tmp_path / "export"
+    mamba_export.export_onnx(model, export)
+    code, stdout, err = cli(capsys, "generate", SHIPPED, "--backend", "ort", "--onnx", export, "--prompt", "x", "-q")
+    assert (code, stdout) == (2, "") and "made from other weights than the model loaded now" in err, err
+
+
+def test_an_incomplete_export_is_named_as_such(shipped_export, tmp_path, capsys):
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(shipped_export[2], incomplete)
+    (incomplete / "model.onnx").unlink()
+    code, _, err = cli(capsys, "validate", "--backend", "ort", SHIPPED, "--onnx", incomplete, "-q")
+    assert code == 2 and err == (f"mamba-export validate: error: {incomplete} holds export.json but no model.onnx "
+                                 "(an incomplete export); export again with --overwrite\n"), err
 
 
 def test_module_validation_refuses_a_language_model_export(shipped_export, capsys):

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import mamba_export
-from mamba_export.export.onnx_export import export_onnx, state_names
+from mamba_export.export.onnx_export import export_onnx, ort_newest_opset, state_names
 from mamba_export.models import Mamba1Config, build_model
+from mamba_export.runtime.ort import ort_session
 from mamba_export.validate import TOLERANCES
 
 CONFIG = Mamba1Config(d_model=32, n_layer=2, vocab_size=61, d_state=4, d_conv=4, expand=2)
@@ -263,6 +264,19 @@ def test_export_json_records_the_opset_written(model, tmp_path):
     path = export_onnx(model, tmp_path, opset=19)
     written = {o.domain: o.version for o in onnx.load(str(path)).opset_import}
     assert json.loads((tmp_path / "export.json").read_text())["opset"] == written[""] == 19
+
+
+def test_export_refuses_an_opset_onnxruntime_cannot_load(model, tmp_path):
+    """onnx writes opsets that the installed onnxruntime may not read yet: such an export would
+    only fail later, in every session."""
+    readable = ort_newest_opset()
+    if readable == onnx.defs.onnx_opset_version():
+        pytest.skip("the installed onnxruntime reads every opset the installed onnx writes")
+    with pytest.raises(mamba_export.MambaExportError, match=f"opset {readable + 1} cannot be loaded by the "
+                       f"installed onnxruntime .*; choose one between 18 and {readable}"):  # fmt: skip
+        export_onnx(model, tmp_path / "out", opset=readable + 1)
+    assert not (tmp_path / "out").exists()
+    ort_session(export_onnx(model, tmp_path / "newest", opset=readable))  # loads
 
 
 def test_export_refuses_an_opset_it_would_not_write(model, tmp_path):

@@ -6,6 +6,7 @@ single SSDScan node against the float64 loop of tests/naive.py."""
 
 import itertools
 import json
+import math
 
 import onnx
 import onnxruntime
@@ -14,6 +15,7 @@ import torch
 from onnx import TensorProto, helper
 
 import mamba_export
+from mamba_export import jsonio
 from mamba_export.export.onnx_export import export_onnx, state_names
 from mamba_export.export.portable import make_portable
 from mamba_export.models import Mamba2Config
@@ -106,8 +108,13 @@ def test_interface_names_and_dynamic_dims(exports):
     assert outputs["logits"] == ["batch", "sequence", cfg.vocab_size]
 
 
+def strict_json(text: str):
+    """JSON as every reader takes it: Python's bare Infinity / NaN words refused."""
+    return json.loads(text, parse_constant=lambda word: pytest.fail(f"not JSON: {word}"))
+
+
 def test_export_json_describes_the_graph(exports):
-    info = json.loads((exports["B-fp16"].parent / "export.json").read_text())
+    info = jsonio.decode(strict_json((exports["B-fp16"].parent / "export.json").read_text()))
     assert info["architecture"] == "mamba2" and info["config"]["architecture"] == "mamba2"
     assert Mamba2Config.from_dict(info["config"]) == CONFIG_B
     assert info["dtype"] == "float16"
@@ -117,6 +124,14 @@ def test_export_json_describes_the_graph(exports):
     types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output]}
     assert types["past_conv_state.1"] == types["logits"] == TensorProto.FLOAT16
     assert types["past_ssm_state.1"] == types["present_ssm_state.1"] == TensorProto.FLOAT
+
+
+def test_the_metadata_is_json_and_names_the_config(exports):
+    """Mamba-2's dt_limit ends at Infinity, which export.json and the metadata write as
+    transformers does ({"__float__": "Infinity"}): JavaScript, Go or Java tools can read them."""
+    assert CONFIG_B.dt_limit[1] == math.inf
+    metadata = {p.key: p.value for p in onnx.load(str(exports["B-fp16"])).metadata_props}
+    assert Mamba2Config.from_dict(jsonio.decode(strict_json(metadata["mamba_export.config"]))) == CONFIG_B
 
 
 def test_portable_has_no_custom_domain(exports):

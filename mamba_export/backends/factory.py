@@ -7,10 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .. import console
+from .. import console, jsonio
 from ..errors import MambaExportError, MissingDependencyError
-from ..export.onnx_export import export_onnx, read_export_info, recorded_source
-from ..loading import checkpoint_stamp
+from ..export.onnx_export import export_onnx, read_export_info, recorded_source, weights_digest
 from ..runtime.ort import cuda_unavailable, custom_op_providers, import_onnxruntime
 from .base import Backend
 from .torch_backend import TorchBackend
@@ -36,11 +35,16 @@ def ensure_export(model: torch.nn.Module, export_dir: Path, *, portable: bool, o
         info = read_export_info(export_dir)
         held = (recorded_source(info["source"]), info["dtype"], info["portable"])
         if held == (recorded_source(source), dtype, portable):
-            recorded, now = info.get("checkpoint"), checkpoint_stamp(source)
-            if recorded is not None and recorded != now:  # (older exports recorded none)
-                changed = sorted(n for n in {*recorded, *(now or {})} if recorded.get(n) != (now or {}).get(n))
-                raise MambaExportError(f"{export_dir} holds an export of {source} made before {', '.join(changed)} "
-                                       "changed; pass --overwrite to export it again")  # fmt: skip
+            # The same checkpoint name is not the same model: its files, or the model in
+            # memory, may have changed since (exports before weights_sha256 recorded none).
+            why = (
+                "another config" if info["config"] != jsonio.loads(jsonio.dumps(model.config.to_dict()))
+                else "other weights" if info.get("weights_sha256", weights_digest(model)) != weights_digest(model)
+                else None
+            )  # fmt: skip
+            if why:
+                raise MambaExportError(f"{export_dir} holds an export of {source} made from {why} than the model "
+                                       "loaded now; pass --overwrite to export it again")  # fmt: skip
             console.info(f"Using the export in {export_dir}")
             return export_dir
         raise MambaExportError(

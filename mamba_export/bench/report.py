@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import __version__, jsonio
 
 
 def machine() -> dict:
@@ -131,7 +130,7 @@ def write_reports(out_dir: Path, model: str, settings: dict, results: list[dict]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "bench.json", "md": out_dir / "bench.md", "png": out_dir / "bench.png"}
     payload = {"model": model, "machine": machine(), "versions": versions(), "settings": settings, "results": results}
-    paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
+    paths["json"].write_text(jsonio.dumps(payload, indent=2) + "\n")
     paths["md"].write_text(markdown(model, settings, results))
     plot(results, paths["png"], f"{model} — {settings['device']}, {settings['dtype']}")
     return paths

@@ -9,7 +9,6 @@ version, portable form) are the language-model export's (onnx_export.py).
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import os
 import time
@@ -29,6 +28,7 @@ from .onnx_export import (
     quiet_exporter,
     reserved_output,
     tool_versions,
+    weights_digest,
     write_export,
 )
 from .schemas import DOMAIN, DOMAIN_VERSION
@@ -106,16 +106,6 @@ def describe_graph(proto: onnx.ModelProto) -> dict:
 def class_path(module: torch.nn.Module) -> str:
     """How export.json names a module by default: its class, with its module."""
     return f"{type(module).__module__}.{type(module).__qualname__}"
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of the module's parameters and buffers (names, types, shapes, bytes), so that an
-    export made from other weights of the same model is not taken for this one."""
-    digest = hashlib.sha256()
-    for name, t in [*module.named_parameters(), *module.named_buffers()]:
-        digest.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
-        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def module_dtype(module: torch.nn.Module) -> str:

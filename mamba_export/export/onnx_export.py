@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import hashlib
 import io
 import json
 import logging
@@ -28,9 +30,10 @@ from pathlib import Path
 import onnx
 import torch
 
-from .. import __version__
-from ..errors import MambaExportError
-from ..loading import checkpoint_stamp, load, resolve_dtype
+from .. import __version__, jsonio
+from ..errors import MambaExportError, MissingDependencyError
+from ..loading import load, resolve_dtype
+from ..runtime.ort import import_onnxruntime
 from .portable import make_portable
 from .schemas import DOMAIN, DOMAIN_VERSION
 from .translation import TRANSLATION_TABLE
@@ -86,7 +89,8 @@ def quiet_exporter():
 def reserved_output(out_dir: Path, overwrite: bool):
     """Refuses to replace an export unasked and makes ``out_dir`` (before the export's work, so
     that an unusable path fails first); a directory it made is removed again if the export fails."""
-    existing = [p for p in (out_dir / "model.onnx", out_dir / "export.json") if p.exists()]
+    # model.onnx.data too: replacing an export deletes it (write_export), so it counts as one.
+    existing = [p for p in (out_dir / "model.onnx", out_dir / "export.json", out_dir / "model.onnx.data") if p.exists()]
     if existing and not overwrite:
         raise MambaExportError(f"{out_dir} already holds an export ({existing[0].name}); use --overwrite "
                                "(overwrite=True) to replace it")
@@ -127,7 +131,7 @@ def _finish(proto: onnx.ModelProto, portable: bool, metadata: dict) -> onnx.Mode
     # Readers accept an IR version up to theirs (ORT 1.31: 13); write the lowest that fits.
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
     proto.producer_name, proto.producer_version = "mamba_export", __version__
-    onnx.helper.set_model_props(proto, {f"mamba_export.{k}": json.dumps(v) for k, v in metadata.items()})
+    onnx.helper.set_model_props(proto, {f"mamba_export.{k}": jsonio.dumps(v) for k, v in metadata.items()})
     return proto
 
 
@@ -139,11 +143,42 @@ def tool_versions() -> dict:
 
 
 def check_opset(opset: int) -> None:
-    """Refuses an opset that would not be the one written: below DEFAULT_OPSET torch's exporter
-    silently writes DEFAULT_OPSET, above the installed onnx's newest it cannot convert."""
+    """Refuses an opset that would not be the one written (below DEFAULT_OPSET torch's exporter
+    silently writes DEFAULT_OPSET, above the installed onnx's newest it cannot convert) or that
+    the installed onnxruntime cannot load (onnx may know newer opsets than it runs)."""
     newest = onnx.defs.onnx_opset_version()
     if not DEFAULT_OPSET <= opset <= newest:
         raise MambaExportError(f"opset must be between {DEFAULT_OPSET} and {newest} (this onnx's newest), not {opset}")
+    readable = ort_newest_opset()
+    if readable is not None and opset > readable:
+        import onnxruntime
+
+        raise MambaExportError(f"opset {opset} cannot be loaded by the installed onnxruntime {onnxruntime.__version__}; "
+                               f"choose one between {DEFAULT_OPSET} and {readable}")  # fmt: skip
+
+
+@functools.cache
+def ort_newest_opset() -> int | None:
+    """The newest opset whose graphs, as export writes them, the installed onnxruntime loads
+    (asked by loading a one-node graph per opset); None without onnxruntime."""
+    try:
+        ort = import_onnxruntime()
+    except MissingDependencyError:
+        return None
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the refusals are expected: keep them off the console
+    for opset in range(onnx.defs.onnx_opset_version(), DEFAULT_OPSET, -1):
+        x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+        graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [x],
+                                       [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+        proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import))
+        try:
+            ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            return opset
+        except Exception:  # noqa: BLE001 - any refusal means "not this opset"
+            continue
+    return DEFAULT_OPSET
 
 
 def export_onnx(
@@ -195,7 +230,7 @@ def export_onnx(
             "inputs": ["input_ids", *state_names(cfg.n_layer, "past")],
             "outputs": ["logits", *state_names(cfg.n_layer, "present")],
             "state": state_layout(model),
-            "checkpoint": checkpoint_stamp(str(source)),
+            "weights_sha256": weights_digest(model),
             "versions": tool_versions(),
         }
         info["external_data"] = needs_external_data(model)
@@ -221,6 +256,16 @@ def state_layout(model: torch.nn.Module) -> dict:
     }
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of the module's parameters and buffers (names, types, shapes, bytes), so that an
+    export made from other weights of the same model is not taken for this one."""
+    digest = hashlib.sha256()
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        digest.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
+        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
+    return digest.hexdigest()
+
+
 def needs_external_data(model: torch.nn.Module) -> bool:
     return sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_THRESHOLD
 
@@ -244,7 +289,7 @@ def write_export(out_dir: Path, program, info: dict, metadata_keys, started: flo
         onnx.save_model(proto, str(path))
         onnx.checker.check_model(str(path))
         info["export_seconds"] = round(time.perf_counter() - started, 2)
-        (Path(scratch) / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+        (Path(scratch) / "export.json").write_text(jsonio.dumps(info, indent=2) + "\n")
         (out_dir / "model.onnx.data").unlink(missing_ok=True)  # a previous, replaced export's
         for item in Path(scratch).iterdir():
             shutil.move(str(item), out_dir / item.name)
@@ -256,12 +301,15 @@ def read_export_info(out_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise MambaExportError(f"{out_dir}: no export.json (not a mamba_export export directory)")
     try:
-        info = json.loads(path.read_text())
+        info = jsonio.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise MambaExportError(f"{path}: not valid JSON ({e}); export again with --overwrite") from None
     missing = [key for key in _INFO_KEYS if not isinstance(info, dict) or key not in info]
     if missing:
         raise MambaExportError(f"{path}: missing {', '.join(missing)} (not written by mamba_export); "
+                               "export again with --overwrite")  # fmt: skip
+    if not (path.parent / "model.onnx").is_file():
+        raise MambaExportError(f"{out_dir} holds export.json but no model.onnx (an incomplete export); "
                                "export again with --overwrite")  # fmt: skip
     return info
 
@@ -273,7 +321,7 @@ def check_graph_matches(export_dir: str | os.PathLike, info: dict, metadata: dic
     prefix = "mamba_export."
     for key, value in metadata.items():
         name = key.removeprefix(prefix)
-        if key.startswith(prefix) and name in info and json.loads(value) != info[name]:
+        if key.startswith(prefix) and name in info and jsonio.loads(value) != info[name]:
             raise MambaExportError(f"{Path(export_dir) / 'model.onnx'} is not the graph that export.json describes "
                                    f"(its {name} differs); export again with --overwrite")  # fmt: skip
 

@@ -5,17 +5,17 @@ Checkpoints are only read; nothing in the user's directory is written or changed
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
+from .. import jsonio
 from ..errors import CheckpointError, MissingDependencyError
 from ..models import Mamba1Config, Mamba2Config, MambaLMHeadModel, build_model
 from ..ops.contract import ACTIVATION_DTYPES
 from .configs import hf_layout_problem, parse_config, read_json, to_hf_config
-from .weights import WEIGHT_FILES, find_weights, read_weights, weight_files
+from .weights import WEIGHT_FILES, find_weights, read_weights
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -158,17 +158,6 @@ def load(path_or_hub_id: str | os.PathLike, dtype=None, device="cpu") -> MambaLM
     return model.to(device=device, dtype=target or torch.float32).eval()
 
 
-def checkpoint_stamp(source: str) -> dict | None:
-    """The files ``load`` reads from a local checkpoint (config and weights) as export.json
-    records them: name -> [size, modification time in ns], so that an export made before one
-    changed is not taken for the model now. None for a hub id or a model without a directory."""
-    directory = Path(source).expanduser()
-    if not directory.is_dir():
-        return None
-    files = [directory / "config.json", *weight_files(find_weights(directory))]
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
-
-
 def _write_atomically(target: Path, write) -> None:
     """Writes beside ``target`` and renames: an interrupted save leaves no half-written file."""
     partial = target.with_name(f".{target.name}.partial")
@@ -194,7 +183,7 @@ def save_pretrained(model: MambaLMHeadModel, directory: str | os.PathLike, overw
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         tensors.pop("lm_head.weight")
-    config = json.dumps(to_hf_config(model.config), indent=2) + "\n"
+    config = jsonio.dumps(to_hf_config(model.config), indent=2) + "\n"
     _write_atomically(directory / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     _write_atomically(directory / "config.json", lambda p: p.write_text(config))
     return directory

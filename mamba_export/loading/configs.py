@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from .. import jsonio
 from ..errors import CheckpointError
 from ..models import Mamba1Config, Mamba2Config
 
@@ -19,7 +20,7 @@ def read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsonio.loads(path.read_text(encoding="utf-8"))  # Infinity as transformers 5 writes it too
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     except OSError as e:
@@ -29,14 +30,7 @@ def read_json(path: Path) -> dict:
     return data
 
 
-# transformers 5 writes an infinite float as this object (plain JSON has no Infinity); older
-# versions write Python's non-standard Infinity, which json.loads reads as a float.
-INFINITY = {"__float__": "Infinity"}
-
-
 def _json_float(value) -> float | None:
-    if value == INFINITY:
-        return math.inf
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
     return float(value) if ok else None
 
@@ -280,7 +274,7 @@ def to_hf_config(cfg) -> dict:
             "head_dim": cfg.headdim,
             "n_groups": cfg.ngroups,
             "chunk_size": cfg.chunk_size,
-            "time_step_limit": [INFINITY if v == math.inf else v for v in cfg.dt_limit],
+            "time_step_limit": list(cfg.dt_limit),
         }
     return {
         "architectures": ["MambaForCausalLM"],

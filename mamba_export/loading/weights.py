@@ -85,13 +85,6 @@ def _weight_map(index: Path) -> dict[str, str]:
     return weight_map
 
 
-def weight_files(path: Path) -> list[Path]:
-    """The files read_weights reads for ``path``: the weight file, or the shard index and its shards."""
-    if not path.name.endswith(".index.json"):
-        return [path]
-    return [path, *(path.parent / shard for shard in sorted(set(_weight_map(path).values())))]
-
-
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint; ``path`` is a weight file or a shard index."""
     if not path.name.endswith(".index.json"):

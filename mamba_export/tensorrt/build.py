@@ -10,14 +10,13 @@ which the runtime learns the state layout and which profile serves which call.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from .. import console
+from .. import console, jsonio
 from ..errors import MambaExportError
 from ..loading import resolve_dtype
 from .compat import (
@@ -45,7 +44,7 @@ def read_engine_info(plan_path: str | os.PathLike) -> dict:
         raise MambaExportError(f"{plan_path}: no such engine file")
     if not path.is_file():
         raise MambaExportError(f"{plan_path} has no {path.name} beside it; build engines with `mamba-export build-engine`")
-    return json.loads(path.read_text())
+    return jsonio.loads(path.read_text())
 
 
 def onnx_input(model_or_onnx: str | os.PathLike | None) -> Path | None:
@@ -276,6 +275,6 @@ def build_engine(
         "plugin": {"name": op, "version": PLUGIN_VERSION, "namespace": PLUGIN_NAMESPACE},
         "build_seconds": round(time.perf_counter() - started, 1),
     }
-    _write_atomically(sidecar_path(plan_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    _write_atomically(sidecar_path(plan_path), (jsonio.dumps(sidecar, indent=2) + "\n").encode())
     log(f"Wrote {plan_path} ({plan_path.stat().st_size / 2**20:.1f} MiB) in {sidecar['build_seconds']} s")
     return plan_path
