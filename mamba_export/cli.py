@@ -316,7 +316,7 @@ def _cmd_generate(args) -> int:
                               top_k=args.top_k, vocab_size=tokenizer.get_vocab_size(), seed=args.seed):
             sys.stdout.write(stream.push(token))
             sys.stdout.flush()
-        sys.stdout.write("\n")
+        sys.stdout.write(stream.finish() + "\n")
     return 0
 
 

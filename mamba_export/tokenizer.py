@@ -31,5 +31,13 @@ class TextStream:
         text = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
             return ""
+        return self._rest(text)
+
+    def finish(self) -> str:
+        """What push held back, once no token follows, as the tokenizer decodes it (U+FFFD for
+        bytes that never became a character)."""
+        return self._rest(self.tokenizer.decode(self.ids))
+
+    def _rest(self, text: str) -> str:
         piece, self.emitted = text[self.emitted :], len(text)
         return piece

@@ -19,9 +19,10 @@ from onnx import numpy_helper
 from safetensors.torch import load_file, save_file
 
 import mamba_export
+import mamba_export.generate as generate_py
 from mamba_export.cli import DEFAULT_MODEL, main
 from mamba_export.intercept import uninstall_mamba_ssm_shim
-from mamba_export.tokenizer import load_tokenizer
+from mamba_export.tokenizer import TextStream, load_tokenizer
 from mamba_export.validate import TOLERANCES
 from test_export import random_model
 
@@ -196,6 +197,22 @@ def test_generate_greedy_text_is_the_same_in_ort_and_torch(shipped_export, capsy
         for _ in range(new_tokens):
             ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
     assert texts["torch"] == tokenizer.decode(ids) + "\n"
+
+
+@pytest.mark.parametrize("data", [b"ok \xe6\x97", b"ok \xff", "na\u00efve \u2192 \u65e5".encode(), b"\xe6\x97\xa5\xe6"],
+                         ids=repr)
+def test_streamed_text_adds_up_to_the_decoded_bytes(data):
+    """The shipped tokenizer's ids are byte values: the pieces, with what finish() flushes,
+    are the bytes decoded with U+FFFD for any that never became a character."""
+    stream = TextStream(load_tokenizer(DEFAULT_MODEL))
+    pieces = [stream.push(byte) for byte in data]
+    assert "".join(pieces + [stream.finish()]) == data.decode(errors="replace")
+
+
+def test_generate_prints_an_incomplete_character_at_the_end(monkeypatch, capsys):
+    monkeypatch.setattr(generate_py, "generate", lambda *_, **__: iter(b"ok \xe6\x97"))
+    code, out, err = cli(capsys, "generate", SHIPPED, "--prompt", "say", "-q")
+    assert (code, out, err) == (0, "sayok \ufffd\n", "")
 
 
 # --- bad input: exit status 2, one line on stderr ------------------------------------------
