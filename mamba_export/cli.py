@@ -110,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="go on past the end-of-sequence token (config.json's eos_token_id) to --max-new-tokens")
 
     from .tensorrt import DEFAULT_BATCH, DEFAULT_SEQUENCE
 
@@ -291,7 +293,7 @@ def _cmd_generate(args) -> int:
     from .backends.factory import open_backend
     from .generate import generate
     from .loading import resolve_checkpoint
-    from .tokenizer import TextStream, load_tokenizer
+    from .tokenizer import TextStream, eos_token_ids, load_tokenizer
 
     _positive(args, "max_new_tokens")
     if not args.temperature >= 0:  # also NaN
@@ -300,9 +302,11 @@ def _cmd_generate(args) -> int:
         raise MambaExportError("--top-k must be 0 (all tokens) or more")
     _check_onnx_dir(args)
     args.model = _model_arg(args)
-    tokenizer = load_tokenizer(resolve_checkpoint(args.model))
+    checkpoint = resolve_checkpoint(args.model)
+    tokenizer = load_tokenizer(checkpoint)
     if tokenizer is None:
         raise MambaExportError(f"{args.model} has no tokenizer.json, so text prompts cannot be encoded")
+    eos_ids = [] if args.ignore_eos else eos_token_ids(checkpoint)
     model = _load(args.model, args.dtype)
     prompt_ids = tokenizer.encode(args.prompt).ids
     if not prompt_ids:
@@ -313,7 +317,8 @@ def _cmd_generate(args) -> int:
         stream = TextStream(tokenizer)
         sys.stdout.write(args.prompt)
         for token in generate(backend, prompt_ids, args.max_new_tokens, temperature=args.temperature,
-                              top_k=args.top_k, vocab_size=tokenizer.get_vocab_size(), seed=args.seed):
+                              top_k=args.top_k, vocab_size=tokenizer.get_vocab_size(), eos_ids=eos_ids,
+                              seed=args.seed):
             sys.stdout.write(stream.push(token))
             sys.stdout.flush()
         sys.stdout.write(stream.finish() + "\n")

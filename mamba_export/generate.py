@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import torch
 
@@ -10,9 +10,10 @@ from .backends.base import Backend
 
 
 def generate(backend: Backend, prompt_ids: list[int], max_new_tokens: int, *, temperature: float = 0.0,
-             top_k: int = 0, vocab_size: int | None = None, eos_id: int | None = None,
+             top_k: int = 0, vocab_size: int | None = None, eos_ids: Collection[int] = (),
              seed: int | None = None) -> Iterator[int]:
-    """Yields new token ids. temperature 0 is greedy; ``vocab_size`` masks padded vocab rows."""
+    """Yields new token ids, up to (not including) one of ``eos_ids``, the end of the sequence.
+    temperature 0 is greedy; ``vocab_size`` masks padded vocab rows."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -26,7 +27,7 @@ def generate(backend: Backend, prompt_ids: list[int], max_new_tokens: int, *, te
                 kth = scores.topk(min(top_k, scores.numel())).values[-1]
                 scores = scores.masked_fill(scores < kth, float("-inf"))
             token = int(torch.multinomial(torch.softmax(scores / temperature, -1), 1, generator=gen))
-        yield token
-        if token == eos_id:
+        if token in eos_ids:
             return
+        yield token
         logits, state = backend.forward(torch.tensor([[token]]), state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import CheckpointError
+from .loading.configs import read_json
 
 
 def load_tokenizer(checkpoint_dir: str | Path):
@@ -18,6 +19,17 @@ def load_tokenizer(checkpoint_dir: str | Path):
         return Tokenizer.from_file(str(path))
     except Exception as e:  # the tokenizers library raises a bare Exception
         raise CheckpointError(f"{path}: cannot read tokenizer ({e})") from None
+
+
+def eos_token_ids(checkpoint_dir: str | Path) -> list[int]:
+    """The end-of-sequence ids of the checkpoint's config.json: its ``eos_token_id``, one id or
+    a list of them as in transformers; [] where it names none."""
+    path = Path(checkpoint_dir) / "config.json"
+    value = read_json(path).get("eos_token_id")
+    ids = value if isinstance(value, list) else [] if value is None else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise CheckpointError(f"{path}: field 'eos_token_id' must be a token id or a list of them, got {value!r}")
+    return ids
 
 
 class TextStream:

@@ -199,6 +199,26 @@ def test_generate_greedy_text_is_the_same_in_ort_and_torch(shipped_export, capsy
     assert texts["torch"] == tokenizer.decode(ids) + "\n"
 
 
+@pytest.mark.parametrize("backend", ["torch", "ort"])
+def test_generate_stops_at_the_end_of_sequence_token_of_the_config(backend, tmp_path, capsys):
+    """A copy of the shipped model whose config.json names the newline as eos_token_id: the
+    text is the shipped model's greedy text up to its first newline, without that newline;
+    with --ignore-eos it is the whole text again."""
+    prompt, options = "import os", ("--max-new-tokens", 40, "--onnx", tmp_path / "onnx", "-q")
+    code, full, err = cli(capsys, "generate", SHIPPED, "--prompt", prompt, *options)
+    assert (code, err) == (0, "")
+    continuation = full.removeprefix(prompt).removesuffix("\n")
+    assert "\n" in continuation, "the shipped model writes a newline within 40 tokens of this prompt"
+    checkpoint = tmp_path / "eos"
+    shutil.copytree(DEFAULT_MODEL, checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    [config["eos_token_id"]] = load_tokenizer(DEFAULT_MODEL).encode("\n").ids
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    for extra, expected in (((), prompt + continuation.split("\n")[0] + "\n"), (("--ignore-eos",), full)):
+        code, out, err = cli(capsys, "generate", checkpoint, "--backend", backend, "--prompt", prompt, *options, *extra)
+        assert (code, out, err) == (0, expected, "")
+
+
 @pytest.mark.parametrize("data", [b"ok \xe6\x97", b"ok \xff", "na\u00efve \u2192 \u65e5".encode(), b"\xe6\x97\xa5\xe6"],
                          ids=repr)
 def test_streamed_text_adds_up_to_the_decoded_bytes(data):
@@ -227,7 +247,12 @@ def paths(shipped_export, tmp_path):
     bad_info = tmp_path / "bad_info"
     shutil.copytree(shipped_export[2], bad_info)
     (bad_info / "export.json").write_text('{"source": ')
-    return {"FILE": a_file, "CORRUPT": corrupt, "BAD_INFO": bad_info, "OUT": tmp_path / "out"}
+    bad_eos = tmp_path / "bad_eos"  # what generate reads before the weights
+    bad_eos.mkdir()
+    shutil.copy(DEFAULT_MODEL / "tokenizer.json", bad_eos)
+    config = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    (bad_eos / "config.json").write_text(json.dumps({**config, "eos_token_id": "</s>"}))
+    return {"FILE": a_file, "CORRUPT": corrupt, "BAD_INFO": bad_info, "BAD_EOS": bad_eos, "OUT": tmp_path / "out"}
 
 
 BAD_INPUT = {
@@ -243,6 +268,9 @@ BAD_INPUT = {
     "corrupt model.onnx": (["validate", "--onnx", "CORRUPT"],
                            "ONNX Runtime cannot load CORRUPT/model.onnx: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF"),
     "corrupt export.json": (["validate", "--onnx", "BAD_INFO"], "BAD_INFO/export.json: not valid JSON"),
+    "eos_token_id not an id": (["generate", "BAD_EOS", "--prompt", "x"],
+                               "BAD_EOS/config.json: field 'eos_token_id' must be a token id or a list of them, "
+                               "got '</s>'"),
     "no new tokens": (["generate", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     "negative temperature": (["generate", "--prompt", "x", "--temperature", "-1"], "--temperature must be 0"),
     "bad device": (["validate", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
