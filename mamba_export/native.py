@@ -8,6 +8,7 @@ from pathlib import Path
 from .errors import MissingDependencyError
 
 LIB_DIR = Path(__file__).parent / "_lib"
+ORT_LIBRARY_ENV = "MAMBA_EXPORT_ORT_LIBRARY"
 
 
 def _library(file_name: str, env: str, what: str, build: str) -> str:
@@ -26,7 +27,7 @@ def _library(file_name: str, env: str, what: str, build: str) -> str:
 
 def custom_op_library() -> str:
     """The ONNX Runtime custom-op library implementing the ``mamba`` domain."""
-    return _library("libmamba_ort.so", "MAMBA_EXPORT_ORT_LIBRARY", "The ONNX Runtime custom-op library",
+    return _library("libmamba_ort.so", ORT_LIBRARY_ENV, "The ONNX Runtime custom-op library",
                     "run `make native` in the repository (or `pip install .`)")
 
 

@@ -296,6 +296,20 @@ def test_missing_onnxruntime_is_a_clear_error(monkeypatch):
         ort_session("model.onnx")
 
 
+def test_a_library_ort_cannot_register_is_one_clear_error(monkeypatch, tmp_path):
+    """MAMBA_EXPORT_ORT_LIBRARY naming a shared library without RegisterCustomOps (ORT's own
+    extension module here; our kernel library is another), or a file that is no library."""
+    not_a_library = tmp_path / "libmamba_ort.so"
+    not_a_library.write_text("not a library")
+    for path in (ort.capi.onnxruntime_pybind11_state.__file__, not_a_library):
+        monkeypatch.setenv("MAMBA_EXPORT_ORT_LIBRARY", str(path))
+        with pytest.raises(MambaExportError) as error:
+            ort_session("model.onnx")
+        message = str(error.value)
+        assert message.startswith(f"MAMBA_EXPORT_ORT_LIBRARY={path}: ONNX Runtime cannot register its custom ops")
+        assert "\n" not in message and type(error.value.__cause__).__module__.startswith("onnxruntime")
+
+
 def test_a_model_ort_cannot_load_is_one_clear_error(tmp_path):
     """ORT's load failures become MambaExportError: the file and ORT's first message line."""
     corrupt = tmp_path / "model.onnx"

@@ -9,7 +9,7 @@ import os
 import torch
 
 from ..errors import MambaExportError, MissingDependencyError, first_line
-from ..native import custom_op_library
+from ..native import ORT_LIBRARY_ENV, custom_op_library
 
 # Marks session options that already carry the library: registering it twice makes ORT
 # refuse the session ("Domain already set in registry").
@@ -44,12 +44,7 @@ def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_op
     ort = import_onnxruntime()
     options = session_options if session_options is not None else ort.SessionOptions()
     if custom_ops:
-        library = custom_op_library()
-        try:
-            options.get_session_config_entry(_REGISTERED_KEY)
-        except RuntimeError:  # not registered on these options yet
-            options.register_custom_ops_library(library)
-            options.add_session_config_entry(_REGISTERED_KEY, library)
+        _register_custom_ops(ort, options)
     model = onnx_path if isinstance(onnx_path, bytes) else os.fspath(onnx_path)
     try:
         return ort.InferenceSession(model, sess_options=options,
@@ -57,6 +52,24 @@ def ort_session(onnx_path: str | os.PathLike | bytes, providers=None, session_op
     except _load_errors(ort) as e:
         what = "the serialized model" if isinstance(model, bytes) else model
         raise MambaExportError(f"ONNX Runtime cannot load {what}: {first_line(e) or type(e).__name__}") from e
+
+
+def _register_custom_ops(ort, options) -> None:
+    """Registers the custom-op library on ``options`` unless it is already."""
+    library = custom_op_library()
+    try:
+        options.get_session_config_entry(_REGISTERED_KEY)
+        return
+    except RuntimeError:  # not registered on these options yet
+        pass
+    try:
+        options.register_custom_ops_library(library)
+    except _load_errors(ort) as e:  # not a library, or one without RegisterCustomOps (e.g. our kernels')
+        override = os.environ.get(ORT_LIBRARY_ENV)
+        named, fix = ((f"{ORT_LIBRARY_ENV}={override}", "point it at libmamba_ort.so") if override
+                      else (library, "rebuild it with `make native`"))  # fmt: skip
+        raise MambaExportError(f"{named}: ONNX Runtime cannot register its custom ops ({first_line(e)}); {fix}") from e
+    options.add_session_config_entry(_REGISTERED_KEY, library)
 
 
 def float32_cuda(providers: list) -> list:
