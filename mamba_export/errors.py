@@ -1,4 +1,9 @@
-"""Errors a user can act on. The CLI prints them as one line, without a traceback."""
+"""Errors a user can act on. The CLI prints them as one line, without a traceback.
+
+Messages name the command line's options (--overwrite, --max-batch), also where a Python
+function raises them: its keyword arguments have the same names (overwrite=True, max_batch).
+Only functions that no command calls (save_pretrained) name their keywords.
+"""
 
 import contextlib
 

@@ -104,7 +104,7 @@ def ensure_module_export(module, inputs, export_dir: Path, *, portable: bool, so
             console.info(f"Using the export in {export_dir}")
             return info
         raise MambaExportError(f"{export_dir} holds an export that does not fit {source}: {why}; choose another "
-                               "directory or pass --overwrite (overwrite=True)")  # fmt: skip
+                               "directory or pass --overwrite")  # fmt: skip
     kind = "portable ONNX" if portable else "ONNX"
     with console.step(f"Exporting {source} to {kind} in {export_dir}"):
         export_module(module, inputs, export_dir, portable=portable, overwrite=overwrite, source=source)
@@ -186,7 +186,7 @@ def validate_module(module: torch.nn.Module, example_inputs, export_dir=None, *,
     if reference not in REFERENCES:
         raise MambaExportError(f"unknown reference '{reference}'; choose from {', '.join(REFERENCES)}")
     if max_batch is not None and backend != "trt":
-        raise MambaExportError("max_batch (--max-batch) bounds the trt engine's batch; other backends take any batch")
+        raise MambaExportError("--max-batch bounds the trt engine's batch; other backends take any batch")
     # The one availability check (each module backend has its device), before an export and a build are spent.
     reason = backend_unavailable(backend)
     if reason:

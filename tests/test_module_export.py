@@ -833,7 +833,7 @@ def test_cli_refuses_bad_input_dtypes(capsys, value, message):
      "give --input-dtype once (for every input) or once per --input-shape (2), not 3 times"),
     (("--entry", "module_models:build_tagger", "--input-shape", "2,9", "--input-dtype", "int64:50:60",
       "--input-shape", "2,9,4", "--input-dtype", "float32"), "ort failed on the inputs: "),  # past the 50 embeddings
-    ((*VISION, "--max-batch", "8"), "max_batch (--max-batch) bounds the trt engine's batch"),
+    ((*VISION, "--max-batch", "8"), "--max-batch bounds the trt engine's batch"),
     (("MODEL", *VISION), "give MODEL or --entry, not both"),
     (("--entry", "module_models:build_vision"), "--entry needs --input-shape"),
     ((*VISION, "--backend", "torch"), "--entry: --backend must be one of ort, ort-portable, ort-cuda, trt"),
@@ -865,6 +865,18 @@ def test_every_backend_is_asked_once_before_the_export(cli, monkeypatch, tmp_pat
     code, out, err = cli("validate", *VISION, "--backend", backend, "--onnx", str(tmp_path / "onnx"), "-q")
     assert (code, out, err) == (2, "", f"mamba-export validate: error: backend {backend}: no such thing\n")
     assert asked == [(backend,)] and not (tmp_path / "onnx").exists()
+
+
+def test_an_export_that_does_not_fit_is_replaced_only_with_overwrite(cli, tmp_path):
+    """The refusal names the command's option, as every message the command prints does (errors.py)."""
+    onnx_dir = tmp_path / "onnx"
+    assert cli("validate", *VISION, "--onnx", str(onnx_dir), "-q")[0] == 0
+    code, out, err = cli("validate", *VISION, "--backend", "ort-portable", "--onnx", str(onnx_dir), "-q")
+    assert (code, out) == (2, "") and err == (
+        f"mamba-export validate: error: {onnx_dir} holds an export that does not fit module_models:build_vision: "
+        "it is not portable; choose another directory or pass --overwrite\n")  # fmt: skip
+    code, out, err = cli("validate", *VISION, "--backend", "ort-portable", "--onnx", str(onnx_dir), "--overwrite")
+    assert code == 0 and "PASSED" in out, err
 
 
 def test_ort_without_its_custom_op_library_is_refused_before_the_export(cli, monkeypatch, tmp_path):

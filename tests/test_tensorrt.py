@@ -200,7 +200,8 @@ def test_existing_plan_is_kept(capsys, export_dir, tmp_path):
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"an engine the user had")
     code, _, err = run_cli(capsys, "build-engine", str(export_dir), "-o", str(plan))
-    assert code == 2 and "already exists; pass --overwrite" in err
+    assert code == 2 and err == f"mamba-export build-engine: error: {plan} already exists; pass --overwrite to " \
+        "replace it\n"  # fmt: skip
     assert plan.read_bytes() == b"an engine the user had"
 
 

@@ -66,7 +66,7 @@ def check_plan_path(plan_path: str | os.PathLike, overwrite: bool) -> None:
     """Refuses to replace an engine (or its sidecar) unless ``overwrite``."""
     for path in (Path(plan_path), sidecar_path(plan_path)):
         if path.exists() and not overwrite:
-            raise MambaExportError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+            raise MambaExportError(f"{path} already exists; pass --overwrite to replace it")
     if Path(plan_path).is_dir():
         raise MambaExportError(f"{plan_path} is a directory; give the engine's file name, e.g. model.plan")
 
