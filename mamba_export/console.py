@@ -33,4 +33,6 @@ def step(message: str):
 
 
 def progress(total: int, desc: str):
-    return tqdm(total=total, desc=desc, unit="step", disable=QUIET, file=sys.stderr, leave=False)
+    # disable=None: tqdm draws no bar where stderr is not a terminal (a log file would keep
+    # every redraw, the last on the line of the next message).
+    return tqdm(total=total, desc=desc, unit="step", disable=True if QUIET else None, file=sys.stderr, leave=False)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import mamba_export
 import mamba_export.generate as generate_py
+from mamba_export import console
 from mamba_export.cli import DEFAULT_MODEL, main
 from mamba_export.intercept import uninstall_mamba_ssm_shim
 from mamba_export.tokenizer import TextStream, load_tokenizer
@@ -379,6 +380,21 @@ def test_module_validation_refuses_a_language_model_export(shipped_export, capsy
         uninstall_mamba_ssm_shim()  # --entry installed it; other test modules must not see a mamba_ssm
     assert code == 2 and "Traceback" not in err
     assert f"{shipped_export[2]} holds an export of the language model {SHIPPED}, not of" in err, err
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only(monkeypatch):
+    """`make demo > log 2>&1`: no bar in the log, where its last redraw shared a line with what came next."""
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(console, "QUIET", False)
+    for stderr, drawn in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, "stderr", stderr)
+        with console.progress(3, "some work") as bar:
+            bar.update(3)
+        assert ("some work" in stderr.getvalue()) == drawn, stderr.getvalue()
 
 
 def test_python_m_runs_the_command():
