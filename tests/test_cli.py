@@ -74,8 +74,7 @@ def test_export_replaces_files_only_with_overwrite(tmp_path, capsys):
         (out / name).write_bytes(data)
     code, stdout, err = cli(capsys, "export", checkpoint, "-o", out, "-q")
     assert (code, stdout) == (2, "")
-    assert err == (f"mamba-export export: error: {out} already holds an export (model.onnx); use --overwrite "
-                   "(overwrite=True) to replace it\n")
+    assert err == f"mamba-export export: error: {out} already holds an export (model.onnx); use --overwrite to replace it\n"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == mine, "a refused export changes nothing"
     weights_only = tmp_path / "weights-only"  # an export's external weights alone are kept too
     weights_only.mkdir()

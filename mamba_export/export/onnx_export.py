@@ -92,8 +92,7 @@ def reserved_output(out_dir: Path, overwrite: bool):
     # model.onnx.data too: replacing an export deletes it (write_export), so it counts as one.
     existing = [p for p in (out_dir / "model.onnx", out_dir / "export.json", out_dir / "model.onnx.data") if p.exists()]
     if existing and not overwrite:
-        raise MambaExportError(f"{out_dir} already holds an export ({existing[0].name}); use --overwrite "
-                               "(overwrite=True) to replace it")
+        raise MambaExportError(f"{out_dir} already holds an export ({existing[0].name}); use --overwrite to replace it")
     made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
