@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
       store_shared<TR>(sY + sg * SYG + j * TRp, acc);
     }
     __syncwarp();
-    {
+    {  // y: as the fused kernel's (kept apart for float32's speed: docs/performance.md, item 15)
       float yv[VE], part[VE];
       load_shared<VE>(yv, sY + j * TRp + sg * VE);
 #pragma unroll

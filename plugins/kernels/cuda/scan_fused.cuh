@@ -179,6 +179,8 @@ __global__ void __launch_bounds__(K::kThreads) __maxnreg__(K::kMaxRegisters) sca
     load_run_packs(fu, fd, fz, u, delta, z, t0 + 2 * Tl, L, lt, c_ok, a.vec);
 
     // B. y of the lane's steps: the partial sums of the R state groups, skip, gate.
+    // (The chained kernel finishes y the same way; as one shared function the float32
+    // kernels ran up to 4% slower: docs/performance.md, item 15.)
     {
       float yv[VE], part[VE];
       load_shared<VE>(yv, sY + c * SY + lt);
