@@ -22,6 +22,8 @@ struct SsdArgs {
   // segment's total decay.
   float* seg_states;
   float* seg_log_decay;
+  // Workspace of every prefill: the per-step values of each (batch, head, chunk), ssd_steps.cuh.
+  unsigned char* steps;
   int64_t L;
   int batch, H, P, N, G, heads_per_group;
   int ptiles;      // blocks per head along P

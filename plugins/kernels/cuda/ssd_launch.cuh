@@ -51,7 +51,10 @@ cudaError_t launch_ssd_prefill(SsdArgs a, int multiprocessors, cudaStream_t stre
           (rows_aligned(a.y, a.P, e, 2 * e) && (!a.z || rows_aligned(a.z, a.P, e, 2 * e)) ? kSsdVecYZ : 0) |
           (rows_aligned(a.hT, a.N, 4, 8) && (!a.h0 || rows_aligned(a.h0, a.N, 4, 8)) ? kSsdVecState : 0);
   const int64_t chains = int64_t(a.batch) * a.H * a.ptiles;
-  cudaError_t err;
+  const int64_t chunk_items = int64_t(a.batch) * a.H * ((a.L + kSsdQ - 1) / kSsdQ);
+  ssd_chunk_steps<T><<<unsigned((chunk_items + 3) / 4), 128, 0, stream>>>(a);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
   if (a.segments > 1) {
     if ((err = allow_smem(ssd_prefill<T, NT, true>, K::kSmemBytes)) != cudaSuccess) return err;
     ssd_prefill<T, NT, true><<<unsigned(chains * (a.segments - 1)), K::kThreads, K::kSmemBytes, stream>>>(a);
@@ -92,9 +95,12 @@ cudaError_t launch_ssd(const mamba_ssd_scan_params& p, const SsdPlan& plan, void
   a.G = int(p.groups), a.heads_per_group = int(p.nheads / p.groups);
   a.softplus = p.dt_softplus, a.dt_min = p.dt_min, a.dt_max = p.dt_max;
   a.ptiles = plan.ptiles, a.segments = plan.segments, a.seg_chunks = plan.seg_chunks;
-  if (plan.segments > 1) {
-    a.seg_states = static_cast<float*>(workspace);
-    a.seg_log_decay = a.seg_states + int64_t(plan.segments) * p.batch * p.nheads * p.headdim * p.dstate;
+  if (plan.kind == SsdPlan::kPrefill) {
+    a.steps = static_cast<unsigned char*>(workspace);
+    if (plan.segments > 1) {
+      a.seg_states = reinterpret_cast<float*>(a.steps + ssd_steps_bytes(p));
+      a.seg_log_decay = a.seg_states + int64_t(plan.segments) * p.batch * p.nheads * p.headdim * p.dstate;
+    }
   }
   switch (plan.kind) {
     case SsdPlan::kNothing: return cudaSuccess;

@@ -25,7 +25,9 @@ struct SsdOccupancy {
 // segmentation of a prefill (for benchmarks, and for tests that reach every code path).
 SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupancy occupancy);
 
-// Workspace bytes of a plan: the segments' states and log decays.
+// Workspace bytes of a plan: a prefill's per-step values (ssd_steps_bytes, first), then the
+// segments' states and log decays.
 size_t ssd_workspace_bytes(const mamba_ssd_scan_params& p, const SsdPlan& plan);
+size_t ssd_steps_bytes(const mamba_ssd_scan_params& p);
 
 }  // namespace mamba_cuda

@@ -2,10 +2,9 @@
 //
 // A block owns one (batch, head, 64 columns of the head dim) and a run of chunks of 64 steps
 // (a segment); it walks them in order, its [64, N] state in float32 registers. Per chunk:
-//   1. cp.async brings x, B, C into shared memory one chunk ahead (float16 / bfloat16);
-//      warp 0 turns dt into dt = clamp(softplus(dt + bias)), the inclusive cumulative sums
-//      of dt * A in float64 (a segment's decay exp(cum_t - cum_s) is then a float32 rounding
-//      of an exact difference) and the per-step weights;
+//   1. cp.async brings x, B, C into shared memory one chunk ahead (float16 / bfloat16),
+//      with the chunk's per-step values (dt, float64 cumulative sums of dt A, weights and
+//      decays) that the pre-pass ssd_chunk_steps wrote (ssd_steps.cuh);
 //   2. row phase, warp w owning 16 rows t (and 64 or 32 columns p): scores C B^T for s <= t
 //      and the state's contribution C S_in^T share the k loop over N (one A fragment of C);
 //      the scores times exp(cum_t - cum_s) dt_s become the A fragments of the intra-chunk
@@ -28,18 +27,11 @@
 
 #include "ssd_args.h"
 #include "ssd_mma.cuh"
+#include "ssd_steps.cuh"
 
 namespace mamba_cuda {
 
-constexpr int kSsdQ = 64;   // steps per chunk
 constexpr int kSsdPT = 64;  // head-dim columns per block
-
-// dt of docs/ops.md: (dt + bias), softplus, clamp.
-__device__ __forceinline__ float ssd_time_step(float raw, float bias, int use_softplus, float lo, float hi) {
-  float v = raw + bias;
-  if (use_softplus) v = softplus(v);
-  return fminf(fmaxf(v, lo), hi);
-}
 
 // The block shape for activations T and states padded to NT columns (64, 128 or 256).
 template <typename T, int NT>
@@ -57,10 +49,9 @@ struct SsdTiling {
   static constexpr int LX = kSsdPT + kPad, LB = NT + kPad;
   static constexpr int kStageElems = kSsdQ * LX + 2 * kSsdQ * LB;  // x, B, C
   static constexpr int kStateElems = kSsdPT * LB;                 // S for the row phase
-  // Per step: cum (float64), then dt, weight to the chunk end, decay from the chunk start;
-  // then the chunk's decay (padded to 16 bytes).
-  static constexpr int kStepBytes = kSsdQ * 8 + 3 * kSsdQ * 4 + 16;
-  static constexpr int kSmemBytes = kStepBytes + (kStages * kStageElems + kStateElems) * int(sizeof(E));
+  // A stage: the chunk's per-step values (ssd_steps.cuh), then x, B, C.
+  static constexpr int kStageBytes = kSsdStepBytes + kStageElems * int(sizeof(E));
+  static constexpr int kSmemBytes = kStages * kStageBytes + kStateElems * int(sizeof(E));
   static constexpr int kRowSplit = kWarps / 4;      // warps sharing a 16-row tile, split along p
   static constexpr int PW = kSsdPT / kRowSplit;     // p columns of a warp in the row phase
   static constexpr int NW = NT / kWarps;            // state columns of a warp in the state phase
@@ -68,7 +59,7 @@ struct SsdTiling {
   static constexpr int PX = kExactPieces<T>;        // x, B, C, S (and the scores, rounded)
   static constexpr int PS = kWeightedPieces<T>;     // the weighted B of the state update
   static constexpr int kMinBlocks = (NT > 128 || std::is_same_v<T, float>) ? 1 : 2;
-  static_assert(kStepBytes % 16 == 0 && NJ % 2 == 0 && PW % 16 == 0, "tile shape");
+  static_assert(NJ % 2 == 0 && PW % 16 == 0, "tile shape");
 };
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
@@ -154,13 +145,7 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
   using M = typename K::M;
   constexpr int Q = kSsdQ, PX = K::PX, PS = K::PS, NJ = K::NJ, PTL = K::PW / 8;
   extern __shared__ __align__(16) unsigned char smem[];
-  double* cum = reinterpret_cast<double*>(smem);
-  float* dts = reinterpret_cast<float*>(smem + Q * 8);
-  float* w_end = dts + Q;     // dt_s exp(cum_end - cum_s)
-  float* e_start = w_end + Q; // exp(cum_t)
-  float* chunk_decay = e_start + Q;
-  E* stage0 = reinterpret_cast<E*>(smem + K::kStepBytes);
-  E* state_tile = stage0 + K::kStages * K::kStageElems;
+  E* state_tile = reinterpret_cast<E*>(smem + K::kStages * K::kStageBytes);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int segs = kStatesOnly ? a.segments - 1 : a.segments;
@@ -180,12 +165,16 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
   const E* x = static_cast<const E*>(a.x) + ((int64_t(b) * a.L) * a.H + h) * a.P + p0;
   const E* Bg = static_cast<const E*>(a.B) + (int64_t(b) * a.L * a.G + grp) * a.N;
   const E* Cg = static_cast<const E*>(a.C) + (int64_t(b) * a.L * a.G + grp) * a.N;
-  const E* dtg = static_cast<const E*>(a.dt) + int64_t(b) * a.L * a.H + h;
   const int64_t x_stride = int64_t(a.H) * a.P, bc_stride = int64_t(a.G) * a.N;
   const bool vec_x = a.vec & kSsdVecX, vec_bc = a.vec & kSsdVecBC;
 
+  const unsigned char* steps = a.steps + int64_t(bh) * ((a.L + Q - 1) / Q) * kSsdStepBytes;
   auto issue_loads = [&](int stage, int64_t t0) {
-    E* s = stage0 + stage * K::kStageElems;
+    unsigned char* st = smem + stage * K::kStageBytes;
+    for (int i = threadIdx.x; i < kSsdStepBytes / 16; i += K::kThreads) {
+      cp_async16(st + 16 * i, steps + (t0 / Q) * kSsdStepBytes + 16 * i, 16);
+    }
+    E* s = reinterpret_cast<E*>(st + kSsdStepBytes);
     const int rows = int(min(int64_t(Q), t_end - t0));
     load_tile<Q, kSsdPT, K::kThreads>(s, K::LX, x + t0 * x_stride, x_stride, rows, p_valid, vec_x);
     E* sB = s + Q * K::LX;
@@ -233,20 +222,10 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
   };
   if (!kStatesOnly) store_state_tile();
 
-  // Warp 0's dt: steps lane and lane + 32 of the next chunk to process, loaded a chunk ahead.
-  const float A_h = a.A[h], bias = a.dt_bias ? a.dt_bias[h] : 0.f, Dh = a.D ? a.D[h] : 0.f;
-  float raw[2] = {0.f, 0.f};
-  auto load_dt = [&](int64_t t0) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int64_t t = t0 + lane + 32 * i;
-      raw[i] = t < t_end ? to_float(dtg[t * a.H]) : 0.f;
-    }
-  };
+  const float Dh = a.D ? a.D[h] : 0.f;
   double seg_log_decay = 0.0;
 
   issue_loads(0, t_begin);
-  if (warp == 0) load_dt(t_begin);
 
   // Row tile rt costs rt + 1 score tiles. A multiprocessor's scheduler runs warps w and w + 4:
   // with 8 warps, the second half takes the row tiles in reverse, so each scheduler gets
@@ -256,44 +235,13 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
   for (int k = 0; k < chunks; ++k) {
     const int64_t t0 = t_begin + int64_t(k) * Q;
     const int stage = K::kStages == 2 ? (k & 1) : 0;
-    E* sx = stage0 + stage * K::kStageElems;
+    const SsdSteps st{smem + stage * K::kStageBytes};
+    E* sx = reinterpret_cast<E*>(st.p + kSsdStepBytes);
     const Tile<E> xs{sx, K::LX}, Bs{sx + Q * K::LX, K::LB}, Cs{sx + Q * (K::LX + K::LB), K::LB};
     cp_async_wait_all();
     __syncthreads();  // chunk k in shared memory; everyone is done with chunk k - 1
     if (K::kStages == 2 && k + 1 < chunks) issue_loads(stage ^ 1, t0 + Q);
-
-    if (warp == 0) {
-      float dtv[2];
-      double c[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const bool valid = t0 + lane + 32 * i < t_end;
-        dtv[i] = valid ? ssd_time_step(raw[i], bias, a.softplus, a.dt_min, a.dt_max) : 0.f;
-        c[i] = double(dtv[i] * A_h);
-      }
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const double u = __shfl_up_sync(~0u, c[i], o);
-          if (lane >= o) c[i] += u;
-        }
-      }
-      c[1] += __shfl_sync(~0u, c[0], 31);
-      const double end = __shfl_sync(~0u, c[1], 31);
-      constexpr double kLog2eD = 1.4426950408889634;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int t = lane + 32 * i;
-        cum[t] = c[i];
-        dts[t] = dtv[i];
-        w_end[t] = dtv[i] * exp2_accurate(float((end - c[i]) * kLog2eD));
-        e_start[t] = exp2_accurate(float(c[i] * kLog2eD));
-      }
-      if (lane == 0) *chunk_decay = exp2_accurate(float(end * kLog2eD));
-      seg_log_decay += end;
-      if (k + 1 < chunks) load_dt(t0 + Q);
-    }
+    if (kStatesOnly && threadIdx.x == 0) seg_log_decay += *st.log_decay();
 
     if constexpr (!kStatesOnly) {
       // The gate's loads first, as the raw 16-bit pairs: the products hide them (converted
@@ -341,9 +289,11 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
           mma<M>(acc_i[2 * pp + 1], ca, bb[1]);
         }
       }
-      __syncthreads();  // warp 0's per-step values are in; every read of the state tile is done
+      __syncthreads();  // every read of the state tile is done
 
       // Scores -> exp(cum_t - cum_s) dt_s C_t.B_s for s <= t, else 0.
+      const double* cum = st.cum();
+      const float *dts = st.dt(), *e_start = st.e_start();
       const double c0 = cum[r0], c1 = cum[r1];
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
@@ -396,8 +346,6 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
           store_two(static_cast<T*>(a.y) + row + p, v, vec_yz, both);
         }
       }
-    } else {
-      __syncthreads();  // warp 0's per-step values are in
     }
 
     // State phase: S = exp(cum_end) S + x^T (w B), w_s = dt_s exp(cum_end - cum_s).
@@ -412,7 +360,7 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
       for (int ks = 0; ks < Q / 16; ++ks) {
         float w[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) w[i] = w_end[16 * ks + 2 * tq + (i & 1) + (i >> 1) * 8];
+        for (int i = 0; i < 4; ++i) w[i] = st.w_end()[16 * ks + 2 * tq + (i & 1) + (i >> 1) * 8];
         FragB<PS> bw[NJ];
 #pragma unroll
         for (int q = 0; q < NJ / 2; ++q) {
@@ -427,7 +375,7 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
           for (int j = 0; j < NJ; ++j) mma<M>(acc_l[mt][j], xa, bw[j]);
         }
       }
-      const float d = *chunk_decay;
+      const float d = *st.chunk_decay();
 #pragma unroll
       for (int mt = 0; mt < 4; ++mt) {
 #pragma unroll

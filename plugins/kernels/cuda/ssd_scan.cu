@@ -11,6 +11,7 @@
 #include "device_props.h"
 #include "mamba_kernels.h"
 #include "ssd_plan.h"
+#include "ssd_steps.cuh"
 
 namespace mamba_cuda {
 
@@ -22,7 +23,7 @@ cudaError_t launch_ssd(const mamba_ssd_scan_params& p, const SsdPlan& plan, void
 
 namespace {
 
-constexpr int64_t kChunk = 64;       // steps per chunk (ssd_prefill.cuh)
+constexpr int64_t kChunk = kSsdQ;  // steps per chunk
 constexpr int64_t kMaxSegments = 64;
 constexpr double kBoundaryCost = 0.005;  // chunks of work per chain and segment boundary (plan_ssd)
 
@@ -84,10 +85,14 @@ SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupan
   return plan;
 }
 
+size_t ssd_steps_bytes(const mamba_ssd_scan_params& p) {
+  return size_t(p.batch * p.nheads * ceil_div(p.seqlen, kChunk)) * kSsdStepBytes;
+}
+
 size_t ssd_workspace_bytes(const mamba_ssd_scan_params& p, const SsdPlan& plan) {
-  if (plan.kind != SsdPlan::kPrefill || plan.segments == 1) return 0;
+  if (plan.kind != SsdPlan::kPrefill) return 0;
   const int64_t per_segment = p.batch * p.nheads * (p.headdim * p.dstate + 1);
-  return size_t(plan.segments * per_segment) * sizeof(float);
+  return ssd_steps_bytes(p) + (plan.segments > 1 ? size_t(plan.segments * per_segment) * sizeof(float) : 0);
 }
 
 namespace {
