@@ -92,7 +92,8 @@ MAMBA_API void mamba_ssd_scan_cpu(const mamba_ssd_scan_params* p, mamba_parallel
                                   void* parallel_ctx);
 /* As mamba_selective_scan_cuda. mamba_ssd_scan_cuda_check is the contract check plus the CUDA
  * kernels' limits: dstate <= 256, batch * nheads * headdim < 2^31 and seqlen < 2^31. The
- * workspace size depends on the shapes and the current device. */
+ * workspace size depends on the shapes and the current device; the workspace must be 16-byte
+ * aligned (as every CUDA allocator's is), else cudaErrorInvalidValue. */
 MAMBA_API const char* mamba_ssd_scan_cuda_check(const mamba_ssd_scan_params* p);
 MAMBA_API size_t mamba_ssd_scan_cuda_workspace_size(const mamba_ssd_scan_params* p);
 MAMBA_API int mamba_ssd_scan_cuda(const mamba_ssd_scan_params* p, void* workspace, void* stream);

@@ -133,7 +133,10 @@ MAMBA_API int mamba_ssd_scan_cuda(const mamba_ssd_scan_params* p, void* workspac
   if (mamba_ssd_scan_cuda_check(p)) return cudaErrorInvalidValue;
   using namespace mamba_cuda;
   const SsdPlan plan = plan_for(*p);
-  if (ssd_workspace_bytes(*p, plan) && !workspace) return cudaErrorInvalidValue;
+  // The pre-pass's per-step values are copied from the workspace 16 bytes at a time.
+  if (ssd_workspace_bytes(*p, plan) && (!workspace || reinterpret_cast<uintptr_t>(workspace) % 16)) {
+    return cudaErrorInvalidValue;
+  }
   const auto s = static_cast<cudaStream_t>(stream);
   const int sms = multiprocessor_count();
   switch (p->dtype) {
