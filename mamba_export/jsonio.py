@@ -30,7 +30,7 @@ def encode(obj):
 def decode(obj):
     """The inverse of ``encode``: tagged objects back to floats."""
     if isinstance(obj, dict):
-        if obj.keys() == {_TAG} and obj[_TAG] in _SPECIAL:
+        if obj.keys() == {_TAG} and isinstance(obj[_TAG], str) and obj[_TAG] in _SPECIAL:
             return _SPECIAL[obj[_TAG]]
         return {k: decode(v) for k, v in obj.items()}
     if isinstance(obj, list):

@@ -37,9 +37,10 @@ def ensure_export(model: torch.nn.Module, export_dir: Path, *, portable: bool, o
         if held == (recorded_source(source), dtype, portable):
             # The same checkpoint name is not the same model: its files, or the model in
             # memory, may have changed since (exports before weights_sha256 recorded none).
+            recorded = info.get("weights_sha256")
             why = (
                 "another config" if info["config"] != jsonio.loads(jsonio.dumps(model.config.to_dict()))
-                else "other weights" if info.get("weights_sha256", weights_digest(model)) != weights_digest(model)
+                else "other weights" if recorded is not None and recorded != weights_digest(model)
                 else None
             )  # fmt: skip
             if why:
