@@ -161,3 +161,12 @@ def test_contract_violations_are_named(change, message):
     inputs = {**ssd_inputs(2, 7, 4, 3, 5, 2, seed=1), **change}
     with pytest.raises(ContractError, match=message):
         ssd_scan(**inputs)
+
+
+@pytest.mark.parametrize("limits, message", [(dict(dt_max=math.nan), "must not be NaN"),
+                                             (dict(dt_min=math.nan), "must not be NaN"),
+                                             (dict(dt_min=0.5, dt_max=0.1), r"dt_min \(0.5\) must be <= dt_max \(0.1\)")])
+def test_a_clamp_the_kernels_refuse_is_refused_by_the_torch_op_too(limits, message):
+    """The C kernels and the ORT op refuse these clamps; the torch op returned NaN or dt_max everywhere."""
+    with pytest.raises(ContractError, match=message):
+        ssd_scan(**ssd_inputs(2, 7, 4, 3, 5, 2, seed=1), **limits)

@@ -8,6 +8,8 @@ fake (export-time) implementation both call ``check``, so a contract violation i
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +102,15 @@ class OpContract:
         for operand, t in zip(self.inputs, tensors, strict=True):
             dtypes = (torch.float32,) if operand.float32 else activation
             check_tensor(op, operand.name, t, tuple(sizes[s] for s in operand.shape), dtypes)
+
+
+def check_dt_limits(dt_min: float, dt_max: float | None) -> None:
+    """SSDScan's time-step clamp [dt_min, dt_max] (dt_max None: +inf), as the C kernels and the
+    ORT op check it: a NaN bound or dt_min > dt_max would make every step NaN or dt_max."""
+    high = math.inf if dt_max is None else dt_max
+    _require(not (math.isnan(dt_min) or math.isnan(high)), SSD_SCAN.torch_name,
+             f"dt_min and dt_max must not be NaN, got dt_min={dt_min}, dt_max={high}")
+    _require(dt_min <= high, SSD_SCAN.torch_name, f"dt_min ({dt_min}) must be <= dt_max ({high})")
 
 
 def _operand(name: str, shape: str, float32: bool = False, optional: bool = False) -> Operand:
