@@ -176,6 +176,28 @@ def test_cli_bench_refuses_an_unusable_out_before_any_work(target, tmp_path, cap
     assert a_file.read_text() == "keep"
 
 
+def test_the_decode_bars_are_of_one_stated_setting(tmp_path, monkeypatch):
+    """Every bar is the decode rate after the longest prompt, for every backend alike (the
+    best over prompt lengths mixed settings between bars)."""
+    import matplotlib.pyplot as plt
+
+    from mamba_export.bench import report
+
+    def run(batch, prompt_len, rate):
+        return {"batch": batch, "prompt_len": prompt_len, "prefill": {"median_ms": 1.0}, "decode_tokens_per_s": rate}
+
+    results = [{"backend": name, "status": "ok",
+                "runs": [run(1, 8, fast), run(1, 16, slow), run(2, 8, fast), run(2, 16, slow)]}
+               for name, fast, slow in (("torch", 50.0, 10.0), ("ort", 90.0, 70.0))]  # fmt: skip
+    figures = []
+    real = plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: figures.append(real(*a, **k)) or figures[-1])
+    report.plot(results, tmp_path / "bench.png", "title")
+    right = figures[0][1][1]
+    assert [bar.get_height() for bar in right.patches] == [10.0, 10.0, 70.0, 70.0]
+    assert "after a 16-token prompt" in right.get_title()
+
+
 def test_a_report_of_only_skipped_backends_plots_without_warnings(tmp_path):
     settings = Settings(backends=["ort-cuda"], **FAST)
     results = [{"backend": "ort-cuda", "status": "skipped", "reason": "no GPU"}]

@@ -47,8 +47,9 @@ def markdown(model: str, settings: dict, results: list[dict]) -> str:
     lines = [
         f"# Benchmark: {model}",
         "",
-        f"device {settings['device']}, dtype {settings['dtype']}, decode {settings['decode_tokens']} tokens, "
-        f"median of {settings['repeat']} runs after {settings['warmup']} warm-up (p10–p90 in brackets). "
+        f"device {settings['device']}, dtype {settings['dtype']}. Prefill: median of {settings['repeat']} "
+        f"calls after {settings['warmup']} warm-up; decode: median of {settings['decode_tokens']} one-token "
+        f"steps after {settings['warmup']} warm-up steps, from the prompt's state (p10–p90 in brackets). "
         "Every timed backend first matched eager PyTorch (float32) within the validation tolerances. "
         "Setup = ONNX export / engine build / session or engine load."
         + (" Device MB = growth of the GPU's memory in use (the whole device, as cudaMemGetInfo counts it: "
@@ -110,13 +111,15 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     left.grid(True, which="both", alpha=0.3)
     if timed:  # (a legend of nothing only warns)
         left.legend(fontsize=8)
-    width = 0.8 / max(len(timed), 1)
+    # Decode at one setting for every bar: after the longest prompt (the rate changes with it).
+    width, longest = 0.8 / max(len(timed), 1), max(lengths, default=0)
     for i, res in enumerate(timed):
-        rates = [max((r["decode_tokens_per_s"] for r in res["runs"] if r["batch"] == b), default=0) for b in batches]
+        rates = [next((r["decode_tokens_per_s"] for r in res["runs"] if (r["batch"], r["prompt_len"]) == (b, longest)), 0)
+                 for b in batches]  # fmt: skip
         right.bar([j + i * width for j in range(len(batches))], rates, width, label=res["backend"],
                   color=colors[res["backend"]])
     right.set_xticks([j + width * (len(timed) - 1) / 2 for j in range(len(batches))], [f"batch {b}" for b in batches])
-    right.set(ylabel="decode tokens/s", title="Decode (with the state cache)")
+    right.set(ylabel="decode tokens/s", title=f"Decode (with the state cache), after a {longest}-token prompt")
     right.grid(True, axis="y", alpha=0.3)
     if timed:
         right.legend(fontsize=8)
