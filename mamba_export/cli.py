@@ -210,6 +210,15 @@ def _check_onnx_dir(args) -> None:
         console.info(f"--onnx {args.onnx} is not used: the torch backend runs the checkpoint itself")
 
 
+def _check_backend(args) -> None:
+    """A backend that cannot run here fails before the model is loaded and exported."""
+    from .backends.factory import backend_unavailable
+
+    reason = backend_unavailable(args.backend, args.device)
+    if reason:
+        raise MambaExportError(f"backend {args.backend}: {reason}")
+
+
 @contextlib.contextmanager
 def _export_dir(args):
     """--onnx DIR, or a temporary directory removed afterwards."""
@@ -271,6 +280,7 @@ def _cmd_validate(args) -> int:
     _positive(args, "batch", "prompt_len")
     if args.decode_steps < 0:
         raise MambaExportError("--decode-steps must be 0 or more")
+    _check_backend(args)
     args.model = _model_arg(args)
     reference = _load(args.model, "fp32")
     dtype = resolve_dtype(args.dtype)
@@ -301,6 +311,7 @@ def _cmd_generate(args) -> int:
     if args.top_k < 0:
         raise MambaExportError("--top-k must be 0 (all tokens) or more")
     _check_onnx_dir(args)
+    _check_backend(args)
     args.model = _model_arg(args)
     checkpoint = resolve_checkpoint(args.model)
     tokenizer = load_tokenizer(checkpoint)

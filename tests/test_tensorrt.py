@@ -214,11 +214,14 @@ def test_cli_says_tensorrt_is_missing_in_one_line(capsys, export_dir, tmp_path):
 
 
 @pytest.mark.skipif(tensorrt_or_none() is not None, reason="TensorRT (or TensorRT-RTX) imports here")
-def test_validate_with_trt_backend_says_tensorrt_is_missing(capsys, tmp_path):
-    checkpoint = mamba_export.save_pretrained(random_model(), tmp_path / "ckpt")
-    code, _, err = run_cli(capsys, "validate", str(checkpoint), "--backend", "trt", "-q")
-    assert code == 2 and err.count("\n") == 1
-    assert err.startswith("mamba-export validate: error: backend trt: TensorRT is not installed")
+@pytest.mark.parametrize("command", [["validate"], ["generate", "--prompt", "x"]])
+def test_a_trt_backend_that_cannot_run_fails_before_loading(capsys, command):
+    """Without -q: the one line is the error, before the model is loaded or exported."""
+    from mamba_export.cli import DEFAULT_MODEL
+
+    code, _, err = run_cli(capsys, command[0], str(DEFAULT_MODEL), "--backend", "trt", *command[1:])
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"mamba-export {command[0]}: error: backend trt: TensorRT is not installed")
 
 
 # ---------------------------------------------------------------------------------------
