@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (model.onnx + export.json)", epilog=EPILOG,
                        description="Export MODEL to DIR/model.onnx: one graph for prefill and decode, the "
-                       "recurrent state as inputs/outputs, each scan one mamba.SelectiveScan node.")
+                       "recurrent state as inputs/outputs, each scan one node: mamba.SelectiveScan (Mamba-1) or "
+                       "mamba.SSDScan (Mamba-2).")
     _add_common(p)
     p.add_argument("-o", "--output", metavar="DIR", type=_path, required=True, help="output directory")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations (default: fp32)")
@@ -118,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-engine", help="build a TensorRT engine (.plan) with the mamba plugin",
                        epilog=EPILOG + " MODEL_OR_ONNX may also be an export directory or its model.onnx.",
                        description="Parse the ONNX export (exporting MODEL first when it is a checkpoint) with "
-                       "TensorRT's ONNX parser, which maps every mamba.SelectiveScan node to the plugin, and build "
+                       "TensorRT's ONNX parser, which maps every mamba.SelectiveScan / mamba.SSDScan node to the plugin, and build "
                        "an engine with two optimisation profiles: prefill (the sequence range) and decode "
                        "(sequence 1). Writes PLAN and PLAN.json (export info, profiles, TensorRT version).")
     p.add_argument("model", metavar="MODEL_OR_ONNX", nargs="?", help="checkpoint, hub id, export directory or .onnx")

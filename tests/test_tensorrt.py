@@ -205,6 +205,13 @@ def test_existing_plan_is_kept(capsys, export_dir, tmp_path):
     assert plan.read_bytes() == b"an engine the user had"
 
 
+def test_a_directory_as_the_plan_is_named_as_such(capsys, export_dir, tmp_path):
+    """--overwrite cannot turn a directory into an engine file, so it is not suggested."""
+    code, _, err = run_cli(capsys, "build-engine", str(export_dir), "-o", str(tmp_path))
+    assert code == 2 and err == f"mamba-export build-engine: error: {tmp_path} is a directory; give the engine's " \
+        "file name, e.g. model.plan\n"  # fmt: skip
+
+
 @pytest.mark.skipif(tensorrt_or_none() is not None, reason="TensorRT (or TensorRT-RTX) imports here")
 def test_cli_says_tensorrt_is_missing_in_one_line(capsys, export_dir, tmp_path):
     code, out, err = run_cli(capsys, "build-engine", str(export_dir), "-o", str(tmp_path / "m.plan"))

@@ -63,12 +63,12 @@ def onnx_input(model_or_onnx: str | os.PathLike | None) -> Path | None:
 
 
 def check_plan_path(plan_path: str | os.PathLike, overwrite: bool) -> None:
-    """Refuses to replace an engine (or its sidecar) unless ``overwrite``."""
+    """Refuses a directory, and to replace an engine (or its sidecar) unless ``overwrite``."""
+    if Path(plan_path).is_dir():  # first: --overwrite cannot make it a file
+        raise MambaExportError(f"{plan_path} is a directory; give the engine's file name, e.g. model.plan")
     for path in (Path(plan_path), sidecar_path(plan_path)):
         if path.exists() and not overwrite:
             raise MambaExportError(f"{path} already exists; pass --overwrite to replace it")
-    if Path(plan_path).is_dir():
-        raise MambaExportError(f"{plan_path} is a directory; give the engine's file name, e.g. model.plan")
 
 
 def require_tensorrt():
