@@ -93,10 +93,10 @@ def _parser() -> argparse.ArgumentParser:
                        "through the backend and through the eager float32 reference; report errors.")
     _add_common(p)
     _add_backend(p, "ort")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--decode-steps", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=2, help="prompts per call (default: 2)")
+    p.add_argument("--prompt-len", type=int, default=32, help="tokens per prompt (default: 32)")
+    p.add_argument("--decode-steps", type=int, default=16, help="teacher-forced decode steps (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="of the random prompts (default: 0)")
     p.add_argument("--json", metavar="FILE", type=_path, help="also write the report as JSON")
     from .validate_module import add_module_validate_arguments
 
@@ -107,10 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_backend(p, "torch")
     p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="(default: 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="of the sampling (default: a random one)")
     p.add_argument("--ignore-eos", action="store_true",
                    help="go on past the end-of-sequence token (config.json's eos_token_id) to --max-new-tokens")
 
@@ -150,13 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", choices=list(PUBLISHED),
                    help="a published Mamba-1 or Mamba-2 size with random weights, instead of MODEL")
     p.add_argument("--backends", default="torch,ort", help="comma-separated (default: torch,ort)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", choices=DTYPES, default="fp32")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where every backend runs (default: cpu)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision of the model run (default: fp32)")
     p.add_argument("--batch", type=_int_list, default=[1], help="comma-separated batch sizes (default: 1)")
     p.add_argument("--prompt-len", type=_int_list, default=[128], help="comma-separated (default: 128)")
     p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed per setting (default: 64)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls and decode steps first (default: 2)")
+    p.add_argument("--repeat", type=int, default=5, help="timed prefill calls per setting (default: 5)")
     p.add_argument("--out", metavar="DIR", type=_path, default=Path("bench-results"),
                    help="report directory (default: bench-results)")
     p.add_argument("--overwrite", action="store_true", help="replace a report already in DIR")

@@ -90,6 +90,19 @@ def test_export_replaces_files_only_with_overwrite(tmp_path, capsys):
     assert (out / "notes.txt").read_bytes() == b"keep"
 
 
+def test_every_option_with_a_default_says_it_in_its_help():
+    import argparse
+
+    from mamba_export.cli import _parser
+
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [f"{name} {action.option_strings[-1]}" for name, sub in commands.items() for action in sub._actions
+               if action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+               and "default" not in (action.help or "")]  # fmt: skip
+    assert not missing, missing
+
+
 # --- validate -----------------------------------------------------------------------------
 
 def documented_table(heading_row: str) -> list[list[str]]:
