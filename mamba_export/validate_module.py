@@ -126,8 +126,9 @@ def engine_batch_range(example_batch: int, batch: int, max_batch: int | None = N
     """The trt engine's batch range: 1 .. ``max_batch`` (default: MAX_BATCH_FACTOR x the
     example's batch, at least ``batch``, the one run), tuned for the example's batch."""
     high = max(MAX_BATCH_FACTOR * example_batch, batch) if max_batch is None else max_batch
-    if high < batch:
-        raise MambaExportError(f"max_batch {high} is below the batch run ({batch})")
+    if high < max(batch, 1):
+        raise MambaExportError(f"--max-batch {high} is below the batch run ({batch})" if high >= 1
+                               else f"--max-batch must be at least 1, got {high}")  # fmt: skip
     return ShapeRange(1, min(example_batch, high), high).check("batch")
 
 

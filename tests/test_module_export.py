@@ -900,8 +900,10 @@ def test_engine_batch_range_is_tuned_for_the_example():
     assert engine_batch_range(2, 9) == ShapeRange(1, 2, 9)  # at least the batch run
     assert engine_batch_range(2, 3, 16) == ShapeRange(1, 2, 16)
     assert engine_batch_range(4, 1, 2) == ShapeRange(1, 2, 2)
-    with pytest.raises(MambaExportError, match="max_batch 2 is below the batch run"):
+    with pytest.raises(MambaExportError, match="--max-batch 2 is below the batch run"):
         engine_batch_range(2, 3, 2)
+    with pytest.raises(MambaExportError, match="--max-batch must be at least 1, got 0"):
+        engine_batch_range(1, 0, 0)  # (a batch of 0 would leave the range's opt at 0)
 
 
 def test_module_exports_refused_by_build_engine_before_tensorrt(cli, exported, tmp_path):

@@ -39,7 +39,8 @@ from mamba_export.export.onnx_export import export_onnx
 from mamba_export.export.schemas import _selective_scan, _ssd_scan
 from mamba_export.models import Mamba1Config, Mamba2Config, build_model
 from mamba_export.ops.cuda import SsdParams
-from mamba_export.tensorrt import DEFAULT_SEQUENCE, Profiles, ShapeRange, build_engine, import_tensorrt, load_plugin
+from mamba_export.tensorrt import DEFAULT_BATCH, DEFAULT_SEQUENCE, Profiles, ShapeRange, build_engine, import_tensorrt
+from mamba_export.tensorrt import load_plugin
 from mamba_export.tensorrt import build_unavailable, compat, onnx_input, read_engine_info, run_unavailable
 from mamba_export.tensorrt.build import parse_network, sidecar_path
 from mamba_export.tensorrt.compat import compute_capability_target, make_logger, scan_op
@@ -110,6 +111,9 @@ def test_shape_range_of_fills_only_what_was_not_given():
     assert ShapeRange.of("sequence", None, 7, None, DEFAULT_SEQUENCE) == ShapeRange(1, 7, 2048)
     with pytest.raises(MambaExportError, match="opt=128, max=64"):  # a given opt is never adjusted
         ShapeRange.of("sequence", None, 128, 64, DEFAULT_SEQUENCE)
+    # A bound below 1 is named as given, not after a default opt was clamped to it (opt=0).
+    with pytest.raises(MambaExportError, match="^batch range: max must be at least 1, got 0$"):
+        ShapeRange.of("batch", None, None, 0, DEFAULT_BATCH)
 
 
 def test_profiles_are_prefill_then_decode():
@@ -119,16 +123,17 @@ def test_profiles_are_prefill_then_decode():
     assert ranges["decode"] == (ShapeRange(1, 2, 8), ShapeRange(1, 1, 1))
 
 
-@pytest.mark.parametrize("flags, what", [
-    (["--min-batch", "4", "--max-batch", "2"], "batch range"),
-    (["--opt-seq", "0"], "sequence range"),
-    (["--min-seq", "9", "--opt-seq", "8"], "sequence range"),
-    (["--max-seq", "16", "--opt-seq", "32"], "sequence range"),
+@pytest.mark.parametrize("flags, message", [
+    (["--min-batch", "4", "--max-batch", "2"], "batch range: need 1 <= min"),
+    (["--opt-seq", "0"], "sequence range: opt must be at least 1, got 0"),
+    (["--max-batch", "0"], "batch range: max must be at least 1, got 0"),
+    (["--min-seq", "9", "--opt-seq", "8"], "sequence range: need 1 <= min"),
+    (["--max-seq", "16", "--opt-seq", "32"], "sequence range: need 1 <= min"),
 ])  # fmt: skip
-def test_cli_rejects_bad_profiles(capsys, tmp_path, flags, what):
+def test_cli_rejects_bad_profiles(capsys, tmp_path, flags, message):
     code, out, err = run_cli(capsys, "build-engine", str(tmp_path / "any"), "-o", str(tmp_path / "m.plan"), *flags)
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and err.startswith(f"mamba-export build-engine: error: {what}: need 1 <= min")
+    assert err.count("\n") == 1 and err.startswith(f"mamba-export build-engine: error: {message}")
 
 
 def test_cli_rejects_zero_workspace(capsys, export_dir, tmp_path):

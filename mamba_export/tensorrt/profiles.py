@@ -35,6 +35,9 @@ class ShapeRange:
     def of(cls, what: str, min: int | None, opt: int | None, max: int | None, default: ShapeRange) -> ShapeRange:
         """From optional bounds: missing ones come from ``default``, an unspecified opt is
         the default's clamped into [min, max]; what was given is checked, never adjusted."""
+        for name, given in (("min", min), ("opt", opt), ("max", max)):
+            if given is not None and given < 1:  # before a default opt is clamped into the range
+                raise MambaExportError(f"{what} range: {name} must be at least 1, got {given}")
         low = default.min if min is None else min
         high = default.max if max is None else max
         if opt is None:
