@@ -211,15 +211,6 @@ def _check_onnx_dir(args) -> None:
         console.info(f"--onnx {args.onnx} is not used: the torch backend runs the checkpoint itself")
 
 
-def _check_backend(args) -> None:
-    """A backend that cannot run here fails before the model is loaded and exported."""
-    from .backends.factory import backend_unavailable
-
-    reason = backend_unavailable(args.backend, args.device)
-    if reason:
-        raise MambaExportError(f"backend {args.backend}: {reason}")
-
-
 @contextlib.contextmanager
 def _export_dir(args):
     """--onnx DIR, or a temporary directory removed afterwards."""
@@ -273,7 +264,7 @@ def _cmd_validate(args) -> int:
     if args.input_shape or args.input_dtype or args.max_batch is not None:
         raise MambaExportError("--input-shape, --input-dtype and --max-batch go with --entry (a language model's "
                                "inputs come from --batch and --prompt-len)")  # fmt: skip
-    from .backends.factory import open_backend
+    from .backends.factory import open_backend, require_backend
     from .backends.torch_backend import TorchBackend
     from .loading import resolve_dtype
     from .validate import validate
@@ -281,7 +272,7 @@ def _cmd_validate(args) -> int:
     _positive(args, "batch", "prompt_len")
     if args.decode_steps < 0:
         raise MambaExportError("--decode-steps must be 0 or more")
-    _check_backend(args)
+    require_backend(args.backend, args.device)  # before loading and exporting
     args.model = _model_arg(args)
     reference = _load(args.model, "fp32")
     dtype = resolve_dtype(args.dtype)
@@ -301,7 +292,7 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from .backends.factory import open_backend
+    from .backends.factory import open_backend, require_backend
     from .generate import generate
     from .loading import resolve_checkpoint
     from .tokenizer import TextStream, eos_token_ids, load_tokenizer
@@ -312,7 +303,7 @@ def _cmd_generate(args) -> int:
     if args.top_k < 0:
         raise MambaExportError("--top-k must be 0 (all tokens) or more")
     _check_onnx_dir(args)
-    _check_backend(args)
+    require_backend(args.backend, args.device)  # before loading and exporting
     args.model = _model_arg(args)
     checkpoint = resolve_checkpoint(args.model)
     tokenizer = load_tokenizer(checkpoint)

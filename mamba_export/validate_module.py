@@ -20,10 +20,10 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from . import console, jsonio
-from .backends.factory import backend_unavailable, default_device, ensure_engine
-from .errors import MambaExportError, MissingDependencyError, errors_as_one_line
+from .backends.factory import default_device, ensure_engine, require_backend
+from .errors import MambaExportError, errors_as_one_line
 from .export.module_export import as_input_tuple, class_path, export_module
-from .export.onnx_export import check_graph_matches, read_export_info, weights_digest
+from .export.onnx_export import check_graph_matches, made_from_other_weights, read_export_info
 from .intercept import route_scans
 from .runtime.ort import ort_session
 from .tensorrt.profiles import Profiles, ShapeRange
@@ -96,8 +96,7 @@ def ensure_module_export(module, inputs, export_dir: Path, *, portable: bool, so
             f"it is of {held}" if held not in (source, class_path(module))
             else f"it is {'' if info['portable'] else 'not '}portable" if info["portable"] != portable
             else "its inputs have other shapes or types" if not _takes(info["inputs"], inputs)
-            else "it was made from other weights"
-            if info.get("weights_sha256", weights_digest(module)) != weights_digest(module)
+            else "it was made from other weights" if made_from_other_weights(info, module)
             else None
         )  # fmt: skip
         if why is None:
@@ -189,9 +188,7 @@ def validate_module(module: torch.nn.Module, example_inputs, export_dir=None, *,
     if max_batch is not None and backend != "trt":
         raise MambaExportError("--max-batch bounds the trt engine's batch; other backends take any batch")
     # The one availability check (each module backend has its device), before an export and a build are spent.
-    reason = backend_unavailable(backend)
-    if reason:
-        raise MissingDependencyError(f"backend {backend}: {reason}")
+    require_backend(backend)
     inputs = as_input_tuple(example_inputs)
     # numpy, hence ORT's Python feeds, has no bfloat16; the trt backend binds torch tensors.
     if backend != "trt" and any(t.dtype == torch.bfloat16 for t in inputs):

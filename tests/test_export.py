@@ -276,7 +276,14 @@ def test_export_refuses_an_opset_onnxruntime_cannot_load(model, tmp_path):
                        f"installed onnxruntime .*; choose one between 18 and {readable}"):  # fmt: skip
         export_onnx(model, tmp_path / "out", opset=readable + 1)
     assert not (tmp_path / "out").exists()
-    ort_session(export_onnx(model, tmp_path / "newest", opset=readable))  # loads
+    newest = export_onnx(model, tmp_path / "newest", opset=readable)
+    ort_session(newest)  # loads
+    # The bound is ORT's own: the same graph declared one opset later is refused by it.
+    proto = onnx.load(str(newest))
+    next(o for o in proto.opset_import if o.domain in ("", "ai.onnx")).version = readable + 1
+    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    with pytest.raises(mamba_export.MambaExportError, match="ONNX Runtime cannot load"):
+        ort_session(proto.SerializeToString())
 
 
 def test_export_refuses_an_opset_it_would_not_write(model, tmp_path):

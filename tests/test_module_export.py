@@ -36,6 +36,7 @@ import mamba_export
 import mamba_export.validate_module as validate_module_py  # the module; validate_module is its function
 from mamba_export.validate import TOLERANCES
 from mamba_export import export_onnx
+from mamba_export.backends import factory
 from mamba_export.backends.factory import backend_unavailable, ensure_engine
 from mamba_export.cli import main
 from mamba_export.entry_point import load_entry_point
@@ -860,11 +861,11 @@ def test_a_backend_that_cannot_run_here_is_refused_before_the_export(cli, tmp_pa
 def test_every_backend_is_asked_once_before_the_export(cli, monkeypatch, tmp_path, backend):
     """Wherever the tests run (with a GPU or not): a stub says no."""
     asked = []
-    monkeypatch.setattr(validate_module_py, "backend_unavailable", lambda *args: asked.append(args) or "no such thing")
+    monkeypatch.setattr(factory, "backend_unavailable", lambda *args: asked.append(args) or "no such thing")
     monkeypatch.setattr(validate_module_py, "export_module", lambda *_, **__: pytest.fail("exported"))
     code, out, err = cli("validate", *VISION, "--backend", backend, "--onnx", str(tmp_path / "onnx"), "-q")
     assert (code, out, err) == (2, "", f"mamba-export validate: error: backend {backend}: no such thing\n")
-    assert asked == [(backend,)] and not (tmp_path / "onnx").exists()
+    assert asked == [(backend, None)] and not (tmp_path / "onnx").exists()
 
 
 def test_an_export_that_does_not_fit_is_replaced_only_with_overwrite(cli, tmp_path):

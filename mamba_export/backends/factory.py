@@ -9,7 +9,7 @@ import torch
 
 from .. import console, jsonio
 from ..errors import MambaExportError, MissingDependencyError
-from ..export.onnx_export import export_onnx, read_export_info, recorded_source, weights_digest
+from ..export.onnx_export import export_onnx, made_from_other_weights, read_export_info, recorded_source
 from ..runtime.ort import cuda_unavailable, custom_op_providers, import_onnxruntime
 from .base import Backend
 from .torch_backend import TorchBackend
@@ -36,11 +36,10 @@ def ensure_export(model: torch.nn.Module, export_dir: Path, *, portable: bool, o
         held = (recorded_source(info["source"]), info["dtype"], info["portable"])
         if held == (recorded_source(source), dtype, portable):
             # The same checkpoint name is not the same model: its files, or the model in
-            # memory, may have changed since (exports before weights_sha256 recorded none).
-            recorded = info.get("weights_sha256")
+            # memory, may have changed since.
             why = (
                 "another config" if info["config"] != jsonio.loads(jsonio.dumps(model.config.to_dict()))
-                else "other weights" if recorded is not None and recorded != weights_digest(model)
+                else "other weights" if made_from_other_weights(info, model)
                 else None
             )  # fmt: skip
             if why:
@@ -82,6 +81,14 @@ def backend_unavailable(name: str, device: str | None = None) -> str | None:
             return "ort-cuda runs on CUDA; use --device cuda"
         return cuda_unavailable()
     return None
+
+
+def require_backend(name: str, device: str | None = None) -> None:
+    """Raises, naming the backend and the reason, when ``backend_unavailable`` gives one: before
+    a model is loaded, exported or built for it."""
+    reason = backend_unavailable(name, device)
+    if reason:
+        raise MissingDependencyError(f"backend {name}: {reason}")
 
 
 def default_device(name: str) -> str:
@@ -127,9 +134,7 @@ def open_backend(name: str, model: torch.nn.Module, *, export_dir: Path | None =
                  overwrite: bool = False, device: str | torch.device | None = None) -> Backend:
     """``model`` is the eager model in the dtype to run, on the CPU; it is not modified.
     ``device``: where to run, None for the backend's usual device (trt: CUDA, others: CPU)."""
-    reason = backend_unavailable(name, None if device is None else str(device))
-    if reason:
-        raise MambaExportError(f"backend {name}: {reason}")
+    require_backend(name, None if device is None else str(device))
     if name == "torch":
         device = device or "cpu"
         on_device = model if torch.device(device) == model.lm_head.weight.device else copy.deepcopy(model).to(device)

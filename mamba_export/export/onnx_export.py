@@ -167,17 +167,21 @@ def ort_newest_opset() -> int | None:
     options = ort.SessionOptions()
     options.log_severity_level = 4  # the refusals are expected: keep them off the console
     for opset in range(onnx.defs.onnx_opset_version(), DEFAULT_OPSET, -1):
-        x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
-        graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [x],
-                                       [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
-        proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
-        proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import))
         try:
-            ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(_identity_model(opset).SerializeToString(), options, providers=["CPUExecutionProvider"])
             return opset
         except Exception:  # noqa: BLE001 - any refusal means "not this opset"
             continue
     return DEFAULT_OPSET
+
+
+def _identity_model(opset: int) -> onnx.ModelProto:
+    """A one-node graph at ``opset``, with the IR version an export at that opset declares."""
+    x, y = (onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1]) for name in "xy")
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    return proto
 
 
 def export_onnx(
@@ -263,6 +267,13 @@ def weights_digest(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
         digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
     return digest.hexdigest()
+
+
+def made_from_other_weights(info: dict, module: torch.nn.Module) -> bool:
+    """Whether export.json records other weights than ``module``'s (exports written before
+    weights_sha256 recorded none: they are taken as they are)."""
+    recorded = info.get("weights_sha256")
+    return recorded is not None and recorded != weights_digest(module)
 
 
 def needs_external_data(model: torch.nn.Module) -> bool:
