@@ -51,7 +51,7 @@ cudaError_t launch_ssd_prefill(SsdArgs a, int multiprocessors, cudaStream_t stre
           (rows_aligned(a.y, a.P, e, 2 * e) && (!a.z || rows_aligned(a.z, a.P, e, 2 * e)) ? kSsdVecYZ : 0) |
           (rows_aligned(a.hT, a.N, 4, 8) && (!a.h0 || rows_aligned(a.h0, a.N, 4, 8)) ? kSsdVecState : 0);
   const int64_t chains = int64_t(a.batch) * a.H * a.ptiles;
-  const int64_t chunk_items = int64_t(a.batch) * a.H * ((a.L + kSsdQ - 1) / kSsdQ);
+  const int64_t chunk_items = int64_t(a.batch) * a.H * ssd_chunks(a.L);
   ssd_chunk_steps<T><<<unsigned((chunk_items + 3) / 4), 128, 0, stream>>>(a);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;

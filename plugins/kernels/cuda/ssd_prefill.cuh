@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
   const int64_t x_stride = int64_t(a.H) * a.P, bc_stride = int64_t(a.G) * a.N;
   const bool vec_x = a.vec & kSsdVecX, vec_bc = a.vec & kSsdVecBC;
 
-  const unsigned char* steps = a.steps + int64_t(bh) * ((a.L + Q - 1) / Q) * kSsdStepBytes;
+  const unsigned char* steps = a.steps + int64_t(bh) * ssd_chunks(a.L) * kSsdStepBytes;
   auto issue_loads = [&](int stage, int64_t t0) {
     unsigned char* st = smem + stage * K::kStageBytes;
     for (int i = threadIdx.x; i < kSsdStepBytes / 16; i += K::kThreads) {

@@ -23,7 +23,6 @@ cudaError_t launch_ssd(const mamba_ssd_scan_params& p, const SsdPlan& plan, void
 
 namespace {
 
-constexpr int64_t kChunk = kSsdQ;  // steps per chunk
 constexpr int64_t kMaxSegments = 64;
 constexpr double kBoundaryCost = 0.005;  // chunks of work per chain and segment boundary (plan_ssd)
 
@@ -52,7 +51,7 @@ SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupan
   plan.kind = SsdPlan::kPrefill;
   plan.nt = p.dstate <= 64 ? 64 : p.dstate <= 128 ? 128 : 256;
   plan.ptiles = int(ceil_div(p.headdim, 64));
-  const int64_t chunks = ceil_div(p.seqlen, kChunk);
+  const int64_t chunks = ssd_chunks(p.seqlen);
   const int64_t chains = p.batch * p.nheads * plan.ptiles;
   int64_t seg_chunks = forced_segment();
   if (!seg_chunks) {
@@ -86,7 +85,7 @@ SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupan
 }
 
 size_t ssd_steps_bytes(const mamba_ssd_scan_params& p) {
-  return size_t(p.batch * p.nheads * ceil_div(p.seqlen, kChunk)) * kSsdStepBytes;
+  return size_t(p.batch * p.nheads * ssd_chunks(p.seqlen)) * kSsdStepBytes;
 }
 
 size_t ssd_workspace_bytes(const mamba_ssd_scan_params& p, const SsdPlan& plan) {

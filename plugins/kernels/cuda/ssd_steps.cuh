@@ -20,6 +20,9 @@ constexpr int kSsdQ = 64;  // steps per chunk
 constexpr int kSsdStepBytes = kSsdQ * 8 + 3 * kSsdQ * 4 + 16;
 static_assert(kSsdStepBytes % 16 == 0, "16-byte copies");
 
+// Chunks of a sequence of L steps (the last one may be partial): blocks of steps per (batch, head).
+__host__ __device__ constexpr int64_t ssd_chunks(int64_t L) { return (L + kSsdQ - 1) / kSsdQ; }
+
 // A view of one block (in global or shared memory).
 struct SsdSteps {
   unsigned char* p;
@@ -43,7 +46,7 @@ __device__ __forceinline__ float ssd_time_step(float raw, float bias, int use_so
 // rounding of an exact difference.
 template <typename T>
 __global__ void __launch_bounds__(128) ssd_chunk_steps(const SsdArgs a) {
-  const int chunks = int((a.L + kSsdQ - 1) / kSsdQ);
+  const int chunks = int(ssd_chunks(a.L));
   const int64_t item = int64_t(blockIdx.x) * 4 + (threadIdx.x >> 5);
   if (item >= int64_t(a.batch) * a.H * chunks) return;
   const int lane = threadIdx.x & 31;
