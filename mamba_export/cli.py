@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"mamba-export {__version__}")
+    # Its own dest: a subcommand's -q default (False) would overwrite one given before the command.
+    parser.add_argument("-q", "--quiet", dest="quiet_all", action="store_true",
+                        help="print only results and errors (also accepted after COMMAND)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (model.onnx + export.json)", epilog=EPILOG,
@@ -410,7 +413,7 @@ COMMANDS = {"export": _cmd_export, "validate": _cmd_validate, "generate": _cmd_g
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console.QUIET = args.quiet
+    console.QUIET = args.quiet or args.quiet_all
     try:
         return COMMANDS[args.command](args)
     except MambaExportError as e:

@@ -412,3 +412,16 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(monkeypatch):
 def test_python_m_runs_the_command():
     done = subprocess.run([sys.executable, "-m", "mamba_export", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == f"mamba-export {mamba_export.__version__}\n", done.stderr
+
+
+def test_quiet_before_or_after_the_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(console, "QUIET", False)
+    checkpoint = mamba_export.save_pretrained(random_model(), tmp_path / "small")
+    code, _, err = cli(capsys, "export", checkpoint, "-o", tmp_path / "loud")
+    assert code == 0 and "done (" in err, err
+    for where, argv in (("after", ("export", checkpoint, "-o", tmp_path / "after", "-q")),
+                        ("before", ("-q", "export", checkpoint, "-o", tmp_path / "before"))):
+        monkeypatch.setattr(console, "QUIET", False)
+        code, stdout, err = cli(capsys, *argv)
+        assert (code, err) == (0, ""), f"-q {where} the command: {err}"
+        assert stdout == f"{tmp_path / where / 'model.onnx'}\n"
