@@ -81,7 +81,9 @@ def _bench_backend(name: str, model: torch.nn.Module, reference: TorchBackend, s
         return _measure_backend(result, name, model, reference, s, work_dir)
     except Exception as e:  # one backend that breaks must not lose the others' measurements
         console.info(f"{name} failed: {type(e).__name__}: {e}")
-        return {**result, "status": "failed", "reason": f"{type(e).__name__}: {first_line(e)}"[:500]}
+        # The work directory is gone when the report is read: say what it was, not where.
+        reason = f"{type(e).__name__}: {first_line(e)}".replace(str(work_dir), "<bench temp dir>")
+        return {**result, "status": "failed", "reason": reason[:500]}
 
 
 def _measure_backend(result: dict, name: str, model: torch.nn.Module, reference: TorchBackend, s: Settings,
