@@ -43,7 +43,7 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
-def _add_backend(p: argparse.ArgumentParser, default: str) -> None:
+def _add_backend(p: argparse.ArgumentParser, default: str, also_overwrites: str = "") -> None:
     from .backends.factory import BACKENDS
 
     p.add_argument("--backend", default=default, choices=list(BACKENDS),
@@ -51,8 +51,7 @@ def _add_backend(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--onnx", metavar="DIR", type=_path,
                    help="export directory to use, or to export into if empty (default: a temporary one)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an export in --onnx DIR made from another model (validate: also a --json FILE "
-                        "that is not a report)")
+                   help="replace an export in --onnx DIR made from another model" + also_overwrites)
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision of the model run (default: fp32)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="where the backend runs (default: cuda for ort-cuda and trt, cpu for the others)")
@@ -95,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Run prefill on a batch of random prompts and teacher-forced decode steps "
                        "through the backend and through the eager float32 reference; report errors.")
     _add_common(p)
-    _add_backend(p, "ort")
+    _add_backend(p, "ort", also_overwrites=", and a --json FILE that is not a report")
     p.add_argument("--batch", type=int, default=2, help="prompts per call (default: 2)")
     p.add_argument("--prompt-len", type=int, default=32, help="tokens per prompt (default: 32)")
     p.add_argument("--decode-steps", type=int, default=16, help="teacher-forced decode steps (default: 16)")

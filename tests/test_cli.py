@@ -90,6 +90,22 @@ def test_export_replaces_files_only_with_overwrite(tmp_path, capsys):
     assert (out / "notes.txt").read_bytes() == b"keep"
 
 
+def test_help_names_only_options_of_its_own_command():
+    """generate's --overwrite once said what it did to validate's --json, an option generate lacks."""
+    import argparse
+
+    from mamba_export.cli import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    foreign = []
+    for name, sub in commands.items():
+        own = {option for action in sub._actions for option in action.option_strings}
+        for action in sub._actions:
+            named = re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", action.help or "")
+            foreign += [f"{name} {action.option_strings[-1]}: {o}" for o in named if o not in own]
+    assert not foreign
+
+
 def test_every_option_with_a_default_says_it_in_its_help():
     import argparse
 
