@@ -372,13 +372,14 @@ def _check_writable_dir(path: Path, option: str) -> None:
 
 def _cmd_bench(args) -> int:
     from .backends.factory import backend_unavailable
-    from .bench import Settings, check_backend_names, random_model, run_bench, write_reports
+    from .bench import REPORT_FILES, Settings, check_backend_names, random_model, run_bench, write_reports
 
     if args.decode_tokens < 1 or args.repeat < 1 or args.warmup < 0:
         raise MambaExportError("--decode-tokens and --repeat must be at least 1, --warmup at least 0")
     _check_writable_dir(args.out, "--out")
-    if (args.out / "bench.json").exists() and not args.overwrite:
-        raise MambaExportError(f"{args.out} already holds a report; pass --overwrite or another --out")
+    present = [name for name in REPORT_FILES.values() if (args.out / name).exists()]
+    if present and not args.overwrite:  # bench.md or bench.png alone may be the user's own
+        raise MambaExportError(f"{args.out} already holds {', '.join(present)}; pass --overwrite or another --out")
     if args.config and args.model:
         raise MambaExportError("give MODEL or --config, not both")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]

@@ -154,6 +154,7 @@ def test_cli_bench_on_a_checkpoint(tmp_path, capsys):
     (["--decode-tokens", "0"], "at least 1"),
     (["--backends", "torch,onnx"], "unknown backends onnx; choose from torch, ort,"),
     (["--backends", " ,"], "no backend named; choose from torch, ort,"),
+    (["--backends", "torch,ort,torch"], "backends named twice: torch"),
     (["--backends", "ort-cuda,trt", "--device", "cpu"],
      "no backend can run here: ort-cuda: ort-cuda runs on CUDA; use --device cuda; trt: trt runs on CUDA"),
 ])  # fmt: skip
@@ -165,6 +166,15 @@ def test_cli_bench_errors(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["bench.json", "bench.md", "bench.png"])
+def test_cli_bench_keeps_any_report_file_already_in_out(name, tmp_path, capsys):
+    (tmp_path / name).write_text("my notes")
+    code = cli.main(["bench", "--config", "mamba-130m", "--out", str(tmp_path), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"already holds {name}; pass --overwrite" in err, err
+    assert (tmp_path / name).read_text() == "my notes"
 
 
 @pytest.mark.parametrize("target", ["a file", "under a file"])

@@ -1,8 +1,8 @@
 """`mamba-export bench`: latency of prefill and decode across backends, with a report."""
 
 from .configs import PUBLISHED, published_config, random_model
-from .report import write_reports
+from .report import REPORT_FILES, write_reports
 from .runner import Settings, check_backend_names, run_bench
 
-__all__ = ["PUBLISHED", "Settings", "check_backend_names", "published_config", "random_model", "run_bench",
+__all__ = ["PUBLISHED", "REPORT_FILES", "Settings", "check_backend_names", "published_config", "random_model", "run_bench",
            "write_reports"]

@@ -129,9 +129,12 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+REPORT_FILES = {"json": "bench.json", "md": "bench.md", "png": "bench.png"}
+
+
 def write_reports(out_dir: Path, model: str, settings: dict, results: list[dict]) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "bench.json", "md": out_dir / "bench.md", "png": out_dir / "bench.png"}
+    paths = {kind: out_dir / name for kind, name in REPORT_FILES.items()}
     payload = {"model": model, "machine": machine(), "versions": versions(), "settings": settings, "results": results}
     paths["json"].write_text(jsonio.dumps(payload, indent=2) + "\n")
     paths["md"].write_text(markdown(model, settings, results))

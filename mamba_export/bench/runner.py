@@ -140,6 +140,9 @@ def check_backend_names(names: list[str]) -> None:
     if not names or unknown:
         what = f"unknown backends {', '.join(unknown)}" if unknown else "no backend named"
         raise MambaExportError(f"{what}; choose from {', '.join(BACKENDS)}")
+    repeated = sorted({b for b in names if names.count(b) > 1})
+    if repeated:  # a second run would be reported as another backend, and compared with the first
+        raise MambaExportError(f"backends named twice: {', '.join(repeated)}")
 
 
 def run_bench(model: torch.nn.Module, settings: Settings, work_dir: Path) -> list[dict]:
