@@ -145,7 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     from .bench import PUBLISHED
 
     p = sub.add_parser("bench", help="time prefill and decode across backends; write bench.{json,md,png}",
-                       epilog=EPILOG + " With --config, a published architecture with random weights is timed.",
+                       epilog=EPILOG + " With --config, a published architecture with random weights is timed. "
+                       "Exit status 1 when a backend failed (its run or its validation) or none was measured; "
+                       "a backend skipped because it cannot run here is not a failure.",
                        description="Validate each backend against eager PyTorch, then time prefill latency, "
                        "per-token decode latency with the state cache, tokens/s, peak memory and load time.")
     _add_common(p)
@@ -161,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=5, help="timed prefill calls per setting (default: 5)")
     p.add_argument("--out", metavar="DIR", type=_path, default=Path("bench-results"),
                    help="report directory (default: bench-results)")
-    p.add_argument("--overwrite", action="store_true", help="replace a report already in DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace bench.json, bench.md and bench.png in DIR")
     return parser
 
 
@@ -419,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     except MambaExportError as e:
         print(f"mamba-export {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `mamba-export generate ... | head`: the reader has all it wanted
+        # Python would report the pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a command ended by SIGPIPE
     except OSError as e:  # a path the checks above did not foresee: unreadable, unwritable, disk full
         message = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
         print(f"mamba-export {args.command}: error: {message}", file=sys.stderr)

@@ -441,3 +441,15 @@ def test_quiet_before_or_after_the_command(tmp_path, capsys, monkeypatch):
         code, stdout, err = cli(capsys, *argv)
         assert (code, err) == (0, ""), f"-q {where} the command: {err}"
         assert stdout == f"{tmp_path / where / 'model.onnx'}\n"
+
+
+def test_generate_into_a_closed_pipe_ends_quietly():
+    """`mamba-export generate ... | head -c 20`: no error message once the reader has gone."""
+    argv = [sys.executable, "-m", "mamba_export", "generate", SHIPPED, "--prompt", "import os", "--max-new-tokens",
+            "400", "--ignore-eos", "-q"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert len(proc.stdout.read(20)) == 20
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=300)
+    assert (code, err) == (141, "")
