@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_leaves
 from . import console, jsonio
 from .backends.factory import default_device, ensure_engine, require_backend
 from .errors import MambaExportError, errors_as_one_line
-from .export.module_export import as_input_tuple, class_path, export_module
+from .export.module_export import as_input_tuple, class_path, export_module, module_dtype
 from .export.onnx_export import check_graph_matches, made_from_other_weights, read_export_info
 from .intercept import route_scans
 from .runtime.ort import ort_session
@@ -95,6 +95,8 @@ def ensure_module_export(module, inputs, export_dir: Path, *, portable: bool, so
         why = (
             f"it is of {held}" if held not in (source, class_path(module))
             else f"it is {'' if info['portable'] else 'not '}portable" if info["portable"] != portable
+            else f"it is {info['dtype']}, the module {module_dtype(module)} (convert the module to validate it)"
+            if info.get("dtype", module_dtype(module)) != module_dtype(module)
             else "its inputs have other shapes or types" if not _takes(info["inputs"], inputs)
             else "it was made from other weights" if made_from_other_weights(info, module)
             else None

@@ -661,6 +661,10 @@ def test_validate_module_reuses_its_export_and_reports_per_output_errors(exporte
         next(retrained.parameters()).add_(0.01)
     with pytest.raises(mamba_export.MambaExportError, match="it was made from other weights"):
         validate_module(retrained, CASES["cross_scan"][1], path.parent, backend="ort")
+    half = tmp_path / "half"  # export_onnx(dtype="fp16") converts a copy: this module is still float32
+    mamba_export.export_onnx(model, (CASES["cross_scan"][1],), half, dtype="fp16", **CASES["cross_scan"][4])
+    with pytest.raises(mamba_export.MambaExportError, match="it is float16, the module float32 "):
+        validate_module(model, CASES["cross_scan"][1].half(), half, backend="ort")
 
 
 # -- the shim and the validate command, in clean interpreters ---------------------------------------------------
