@@ -9,7 +9,7 @@ fake (export-time) implementation both call ``check``, so a contract violation i
 from __future__ import annotations
 
 import math
-
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -64,12 +64,14 @@ class Operand:
 @dataclass(frozen=True)
 class OpContract:
     """One op's tables: inputs in packing order (the required ones, then the optional ones),
-    outputs; ``grouped`` is the symbol that must be a multiple of G."""
+    outputs; ``grouped`` is the symbol that must be a multiple of G; ``attributes`` checks the
+    op's attributes that the page restricts (called with the op's name and them)."""
 
     torch_name: str
     inputs: tuple[Operand, ...]
     outputs: tuple[Operand, ...]
     grouped: str
+    attributes: Callable[..., None] | None = None
 
     @property
     def required(self) -> tuple[Operand, ...]:
@@ -79,10 +81,11 @@ class OpContract:
     def optional(self) -> tuple[Operand, ...]:
         return tuple(o for o in self.inputs if o.optional)
 
-    def check(self, *tensors: torch.Tensor | None) -> None:
-        """Checks the op's inputs, given in table order (None for an absent optional one).
-        Each symbol's size comes from the first required input that has it, so the ranks of
-        those inputs and input 0's type are checked first; then every input against them."""
+    def check(self, *tensors: torch.Tensor | None, **attributes) -> None:
+        """Checks the op's inputs, given in table order (None for an absent optional one), and
+        its restricted attributes by name. Each symbol's size comes from the first required
+        input that has it, so the ranks of those inputs and input 0's type are checked first;
+        then every input against them."""
         op = self.torch_name
         sizes: dict = {}
         for index, (operand, t) in enumerate(zip(self.required, tensors)):
@@ -102,15 +105,17 @@ class OpContract:
         for operand, t in zip(self.inputs, tensors, strict=True):
             dtypes = (torch.float32,) if operand.float32 else activation
             check_tensor(op, operand.name, t, tuple(sizes[s] for s in operand.shape), dtypes)
+        if self.attributes is not None:
+            self.attributes(op, **attributes)
 
 
-def check_dt_limits(dt_min: float, dt_max: float | None) -> None:
+def _check_dt_limits(op: str, dt_min: float, dt_max: float | None) -> None:
     """SSDScan's time-step clamp [dt_min, dt_max] (dt_max None: +inf), as the C kernels and the
     ORT op check it: a NaN bound or dt_min > dt_max would make every step NaN or dt_max."""
     high = math.inf if dt_max is None else dt_max
-    _require(not (math.isnan(dt_min) or math.isnan(high)), SSD_SCAN.torch_name,
+    _require(not (math.isnan(dt_min) or math.isnan(high)), op,
              f"dt_min and dt_max must not be NaN, got dt_min={dt_min}, dt_max={high}")
-    _require(dt_min <= high, SSD_SCAN.torch_name, f"dt_min ({dt_min}) must be <= dt_max ({high})")
+    _require(dt_min <= high, op, f"dt_min ({dt_min}) must be <= dt_max ({high})")
 
 
 def _operand(name: str, shape: str, float32: bool = False, optional: bool = False) -> Operand:
@@ -149,4 +154,5 @@ SSD_SCAN = OpContract(
     ),
     outputs=(_operand("y", "batch L H P"), _operand("final_state", "batch H P N", float32=True)),
     grouped="H",
+    attributes=_check_dt_limits,
 )

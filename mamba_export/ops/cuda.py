@@ -18,7 +18,7 @@ import torch
 
 from ..errors import MissingDependencyError
 from ..native import kernels_library
-from .contract import SELECTIVE_SCAN, SSD_SCAN, ContractError, check_dt_limits
+from .contract import SELECTIVE_SCAN, SSD_SCAN, ContractError
 from .selective_scan import selective_scan, selective_scan_reference
 from .ssd_scan import ssd_scan, ssd_scan_reference
 
@@ -196,8 +196,7 @@ def _selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, ini
 @ssd_scan.register_kernel("cuda")
 def _ssd_scan_cuda(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None, dt_softplus=False, dt_min=0.0,
                    dt_max=None):
-    SSD_SCAN.check(x, dt, A, B, C, D, z, dt_bias, initial_state)
-    check_dt_limits(dt_min, dt_max)
+    SSD_SCAN.check(x, dt, A, B, C, D, z, dt_bias, initial_state, dt_min=dt_min, dt_max=dt_max)
     tensors = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
     _same_device("mamba::ssd_scan", "x", tensors)
     options = dict(dt_softplus=dt_softplus, dt_min=dt_min, dt_max=dt_max)

@@ -15,7 +15,7 @@ import math
 import torch
 
 from .autograd import register_recompute_autograd
-from .contract import SSD_SCAN, check_dt_limits
+from .contract import SSD_SCAN
 from .selective_scan import skip_and_gate, time_step
 
 # Positions per chunk of the reference: the intra-chunk products cost O(CHUNK^2) per head,
@@ -112,16 +112,14 @@ def ssd_scan(
     dt_max: float | None = None,  # None: +inf (a torch op schema cannot spell an infinite default)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``mamba::ssd_scan``: see docs/ops.md. Returns (y, final_state)."""
-    SSD_SCAN.check(x, dt, A, B, C, D, z, dt_bias, initial_state)
-    check_dt_limits(dt_min, dt_max)
+    SSD_SCAN.check(x, dt, A, B, C, D, z, dt_bias, initial_state, dt_min=dt_min, dt_max=dt_max)
     return ssd_scan_reference(x, dt, A, B, C, D, z, dt_bias, initial_state, dt_softplus, dt_min, dt_max)
 
 
 @ssd_scan.register_fake
 def _(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None, dt_softplus=False, dt_min=0.0,
       dt_max=None):
-    SSD_SCAN.check(x, dt, A, B, C, D, z, dt_bias, initial_state)
-    check_dt_limits(dt_min, dt_max)
+    SSD_SCAN.check(x, dt, A, B, C, D, z, dt_bias, initial_state, dt_min=dt_min, dt_max=dt_max)
     batch, _, heads, head_dim = x.shape
     return torch.empty_like(x), x.new_empty(batch, heads, head_dim, B.shape[3], dtype=torch.float32)
 
