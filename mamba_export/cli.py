@@ -121,9 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-engine", help="build a TensorRT engine (.plan) with the mamba plugin",
                        epilog=EPILOG + " MODEL_OR_ONNX may also be an export directory or its model.onnx.",
                        description="Parse the ONNX export (exporting MODEL first when it is a checkpoint) with "
-                       "TensorRT's ONNX parser, which maps every mamba.SelectiveScan / mamba.SSDScan node to the plugin, and build "
-                       "an engine with two optimisation profiles: prefill (the sequence range) and decode "
-                       "(sequence 1). Writes PLAN and PLAN.json (export info, profiles, TensorRT version).")
+                       "TensorRT's ONNX parser, which maps every mamba.SelectiveScan / mamba.SSDScan node to the "
+                       "plugin, and build an engine with two optimisation profiles: prefill (the sequence range) "
+                       "and decode (sequence 1). Writes PLAN and PLAN.json (export info, profiles, TensorRT version).")
     p.add_argument("model", metavar="MODEL_OR_ONNX", nargs="?", help="checkpoint, hub id, export directory or .onnx")
     p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
     p.add_argument("-o", "--output", metavar="PLAN", type=_path, required=True, help="engine file to write")

@@ -74,7 +74,8 @@ def test_export_replaces_files_only_with_overwrite(tmp_path, capsys):
         (out / name).write_bytes(data)
     code, stdout, err = cli(capsys, "export", checkpoint, "-o", out, "-q")
     assert (code, stdout) == (2, "")
-    assert err == f"mamba-export export: error: {out} already holds an export (model.onnx); use --overwrite to replace it\n"
+    assert err == (f"mamba-export export: error: {out} already holds an export (model.onnx); use --overwrite to "
+                   "replace it\n")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == mine, "a refused export changes nothing"
     weights_only = tmp_path / "weights-only"  # an export's external weights alone are kept too
     weights_only.mkdir()
@@ -368,7 +369,8 @@ def test_an_export_made_before_the_checkpoint_changed_is_refused(tmp_path, capsy
     weights = checkpoint / "model.safetensors"  # new weights, nothing else changed
     save_file({k: v * 1.01 for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
     code, _, err = cli(capsys, "validate", checkpoint, *quick)
-    assert code == 2 and f"{export} holds an export of {checkpoint} made from other weights than the model loaded now" in err, err
+    assert code == 2, err
+    assert f"{export} holds an export of {checkpoint} made from other weights than the model loaded now" in err, err
     code, stdout, err = cli(capsys, "validate", checkpoint, *quick, "--overwrite")
     assert code == 0 and "PASSED" in stdout, err
     config = json.loads((checkpoint / "config.json").read_text())

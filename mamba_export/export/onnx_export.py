@@ -150,10 +150,8 @@ def check_opset(opset: int) -> None:
         raise MambaExportError(f"opset must be between {DEFAULT_OPSET} and {newest} (this onnx's newest), not {opset}")
     readable = ort_newest_opset()
     if readable is not None and opset > readable:
-        import onnxruntime
-
-        raise MambaExportError(f"opset {opset} cannot be loaded by the installed onnxruntime {onnxruntime.__version__}; "
-                               f"choose one between {DEFAULT_OPSET} and {readable}")  # fmt: skip
+        raise MambaExportError(f"opset {opset} cannot be loaded by the installed onnxruntime "
+                               f"{import_onnxruntime().__version__}; choose one between {DEFAULT_OPSET} and {readable}")
 
 
 @functools.cache
@@ -168,7 +166,8 @@ def ort_newest_opset() -> int | None:
     options.log_severity_level = 4  # the refusals are expected: keep them off the console
     for opset in range(onnx.defs.onnx_opset_version(), DEFAULT_OPSET, -1):
         try:
-            ort.InferenceSession(_identity_model(opset).SerializeToString(), options, providers=["CPUExecutionProvider"])
+            probe = _identity_model(opset).SerializeToString()
+            ort.InferenceSession(probe, options, providers=["CPUExecutionProvider"])
             return opset
         except Exception:  # noqa: BLE001 - any refusal means "not this opset"
             continue
