@@ -56,21 +56,24 @@ SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupan
   int64_t seg_chunks = forced_segment();
   if (!seg_chunks) {
     // Every block walks its whole segment, so a grid is worth its number of waves times the
-    // segment length; segments add the states-only pass (about half a chunk's work per
-    // chunk), the chaining kernel (counted as two chunks) and, per chain and segment
-    // boundary, the traffic of its [64, N] float32 state, moved four times (written by the
-    // states-only pass, read and rewritten by the chain, read by the full kernel): 128 KB at
-    // N = 128, ~0.05 us at the copy bandwidth against ~10 us for a wave of chunks on the H100,
-    // so 0.005 of a chunk.
+    // segment length; segments add the states-only pass (a quarter of a chunk's work per
+    // chunk: 2.3 against 8.8 us per chunk and wave in the profile of 2.7b / b1 / 2048), the
+    // chaining kernel (counted as two chunks) and, per chain and segment boundary, the
+    // traffic of its [64, N] float32 state, moved four times (written by the states-only
+    // pass, read and rewritten by the chain, read by the full kernel): 128 KB at N = 128,
+    // ~0.05 us at the copy bandwidth against ~10 us for a wave of chunks on the H100, so
+    // 0.005 of a chunk. Segments are only tried while the chains leave slots of one wave
+    // empty: with a wave or more of chains, the shorter last wave that the model counts did
+    // not show on the H100 (2.7b / b8 / 8192: 3073 us in 64-chunk segments, 2922 in one).
     const int64_t slots = int64_t(multiprocessors) * occupancy.full;
     const int64_t slots_states = int64_t(multiprocessors) * occupancy.states;
     double best = 0;
-    for (int64_t n = 1; n <= kMaxSegments && n <= chunks; ++n) {
+    for (int64_t n = 1; n <= kMaxSegments && n <= chunks && (n == 1 || chains < slots); ++n) {
       const int64_t len = ceil_div(chunks, n), segs = ceil_div(chunks, len);
       if (segs != n) continue;
       double cost = double(ceil_div(chains * segs, slots) * len);
       if (segs > 1) {
-        cost += 0.5 * double(ceil_div(chains * (segs - 1), slots_states) * len) + 2.0 +
+        cost += 0.25 * double(ceil_div(chains * (segs - 1), slots_states) * len) + 2.0 +
                 kBoundaryCost * double(chains * (segs - 1));
       }
       if (n == 1 || cost < best) best = cost, seg_chunks = len;
