@@ -18,7 +18,10 @@ class RMSNorm(nn.Module):
 
 
 def _rms_normalize(xf: torch.Tensor, eps: float) -> torch.Tensor:
-    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    # Divided by the root, not multiplied by torch.rsqrt: exported, this is the pattern that
+    # ONNX Runtime fuses into one SimplifiedLayerNormalization kernel (rsqrt's Sqrt,
+    # Reciprocal, Mul is left as five nodes).
+    return xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
 
 
 class GatedRMSNorm(nn.Module):
@@ -34,7 +37,10 @@ class GatedRMSNorm(nn.Module):
         xf, gate = x.float(), F.silu(gate.float())
         if not self.norm_before_gate:
             xf = xf * gate
-        xf = _rms_normalize(xf.unflatten(-1, (-1, self.group_size)), self.eps).flatten(-2) * self.weight.float()
+        if self.group_size == xf.shape[-1]:  # one group: no reshapes between the norm and its weight, so ORT fuses it
+            xf = _rms_normalize(xf, self.eps) * self.weight.float()
+        else:
+            xf = _rms_normalize(xf.unflatten(-1, (-1, self.group_size)), self.eps).flatten(-2) * self.weight.float()
         if self.norm_before_gate:
             xf = xf * gate
         return xf.to(x.dtype)
