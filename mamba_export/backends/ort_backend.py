@@ -17,7 +17,7 @@ import torch
 from ..errors import MambaExportError, MissingDependencyError
 from ..export.onnx_export import check_graph_matches, read_export_info
 from ..runtime.ort import cuda_unavailable, import_onnxruntime, ort_session
-from .base import State
+from .base import State, check_token_ids
 
 # ORT's type names of the graph's inputs and outputs, and their onnx.TensorProto numbers
 # (what IO binding takes; numpy, hence ORT's numpy types, has no bfloat16).
@@ -88,6 +88,7 @@ class OrtBackend:
         flat = [input_ids, *(t for pair in state for t in pair)]
         if len(flat) != len(self.inputs):
             raise MambaExportError(f"expected the state of {(len(self.inputs) - 1) // 2} layers, got {len(state)}")
+        check_token_ids(input_ids, self.info["config"]["vocab_size"])
         inputs = [t.to(self.device, spec.dtype).contiguous() for spec, t in zip(self.inputs, flat)]
         sizes: dict[str, int] = {}
         for spec, t in zip(self.inputs, inputs):  # the first input to use a symbol sets its size

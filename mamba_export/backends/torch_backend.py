@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import State
+from .base import State, check_token_ids
 
 
 class TorchBackend:
@@ -18,4 +18,5 @@ class TorchBackend:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        check_token_ids(input_ids, self.model.config.vocab_size)
         return self.model(input_ids.to(self.device), state)

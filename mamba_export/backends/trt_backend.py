@@ -10,7 +10,7 @@ from ..errors import MambaExportError
 from ..models import config_from_dict, zero_state
 from ..tensorrt import read_engine_info
 from ..tensorrt.engine import Engine
-from .base import State
+from .base import State, check_token_ids
 
 
 class TrtBackend:
@@ -45,6 +45,7 @@ class TrtBackend:
             self._profile = profile["index"]
 
     def forward(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        check_token_ids(input_ids, self.config.vocab_size)
         stream = torch.cuda.current_stream(self.device).cuda_stream
         self._select_profile(input_ids.shape[0], input_ids.shape[1], stream)
         flat = [input_ids, *(t for pair in state for t in pair)]
