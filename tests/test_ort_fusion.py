@@ -1,7 +1,7 @@
 """The exported norms are ones ONNX Runtime fuses: in the graph a session runs (its optimised
 graph, written by ORT itself), every RMSNorm of a Mamba-1 model and of a one-group Mamba-2
 model (its gated norm too) is one SimplifiedLayerNormalization node, in float32 and float16.
-Left unfused, each is five to seven elementwise nodes: kernels and per-node host work at every
+Left unfused, each is seven elementwise nodes: kernels and per-node host work at every
 decode step (docs/performance.md, "End to end on the H100")."""
 
 import collections
