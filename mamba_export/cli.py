@@ -55,6 +55,13 @@ def _add_backend(p: argparse.ArgumentParser, default: str, also_overwrites: str 
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision of the model run (default: fp32)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="where the backend runs (default: cuda for ort-cuda and trt, cpu for the others)")
+    _add_cuda_graphs(p)
+
+
+def _add_cuda_graphs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="ort-cuda: launch every node of each decode step (default: replay the step as a CUDA "
+                        "graph, captured once per batch size)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed per setting (default: 64)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls and decode steps first (default: 2)")
     p.add_argument("--repeat", type=int, default=5, help="timed prefill calls per setting (default: 5)")
+    _add_cuda_graphs(p)
     p.add_argument("--out", metavar="DIR", type=_path, default=Path("bench-results"),
                    help="report directory (default: bench-results)")
     p.add_argument("--overwrite", action="store_true", help="replace bench.json, bench.md and bench.png in DIR")
@@ -283,7 +291,7 @@ def _cmd_validate(args) -> int:
     model = reference if dtype == reference.lm_head.weight.dtype else copy.deepcopy(reference).to(dtype)
     with _export_dir(args) as export_dir:
         backend = open_backend(args.backend, model, export_dir=export_dir, overwrite=args.overwrite,
-                               device=args.device)
+                               device=args.device, cuda_graphs=args.cuda_graphs)
         with console.progress(args.decode_steps, "prefill + decode") as bar:
             report = validate(
                 backend, TorchBackend(reference, name="reference"), model_name=args.model,
@@ -320,7 +328,7 @@ def _cmd_generate(args) -> int:
         raise MambaExportError("--prompt is empty")
     with _export_dir(args) as export_dir:
         backend = open_backend(args.backend, model, export_dir=export_dir, overwrite=args.overwrite,
-                               device=args.device)
+                               device=args.device, cuda_graphs=args.cuda_graphs)
         stream = TextStream(tokenizer)
         sys.stdout.write(args.prompt)
         for token in generate(backend, prompt_ids, args.max_new_tokens, temperature=args.temperature,
@@ -398,7 +406,8 @@ def _cmd_bench(args) -> int:
         model = _load(name, "fp32")
     settings = Settings(backends=backends, device=args.device,
                         dtype=args.dtype, batches=args.batch, prompt_lens=args.prompt_len,
-                        decode_tokens=args.decode_tokens, warmup=args.warmup, repeat=args.repeat)
+                        decode_tokens=args.decode_tokens, warmup=args.warmup, repeat=args.repeat,
+                        cuda_graphs=args.cuda_graphs)
     with tempfile.TemporaryDirectory(prefix="mamba-bench-") as work:
         results = run_bench(model, settings, Path(work))
     paths = write_reports(args.out, name, vars(settings), results)

@@ -131,9 +131,11 @@ def ensure_engine(export_dir: Path, overwrite: bool = False, profiles=None) -> P
 
 
 def open_backend(name: str, model: torch.nn.Module, *, export_dir: Path | None = None,
-                 overwrite: bool = False, device: str | torch.device | None = None) -> Backend:
+                 overwrite: bool = False, device: str | torch.device | None = None,
+                 cuda_graphs: bool = True) -> Backend:
     """``model`` is the eager model in the dtype to run, on the CPU; it is not modified.
-    ``device``: where to run, None for the backend's usual device (trt: CUDA, others: CPU)."""
+    ``device``: where to run, None for the backend's usual device (trt: CUDA, others: CPU).
+    ``cuda_graphs``: ort-cuda replays its decode steps as CUDA graphs."""
     require_backend(name, None if device is None else str(device))
     if name == "torch":
         device = device or "cpu"
@@ -151,4 +153,4 @@ def open_backend(name: str, model: torch.nn.Module, *, export_dir: Path | None =
     from .ort_backend import OrtBackend
 
     with console.step(f"Creating the ONNX Runtime session ({name})"):
-        return OrtBackend(export_dir, name=name, device=device or default_device(name))
+        return OrtBackend(export_dir, name=name, device=device or default_device(name), cuda_graphs=cuda_graphs)

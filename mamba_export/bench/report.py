@@ -42,6 +42,12 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
+def _graphs_note(settings: dict) -> str:
+    if settings.get("cuda_graphs", False):  # settings from before the option: no graphs then
+        return " ort-cuda replays each decode step as a CUDA graph (captured once per batch size)."
+    return " ort-cuda launches every node of a decode step (--no-cuda-graphs)."
+
+
 def markdown(model: str, settings: dict, results: list[dict]) -> str:
     on_gpu = settings["device"] == "cuda"
     lines = [
@@ -52,6 +58,7 @@ def markdown(model: str, settings: dict, results: list[dict]) -> str:
         f"steps after {settings['warmup']} warm-up steps, from the prompt's state (p10–p90 in brackets). "
         "Every timed backend first matched eager PyTorch (float32) within the validation tolerances. "
         "Setup = ONNX export / engine build / session or engine load."
+        + (_graphs_note(settings) if "ort-cuda" in settings["backends"] else "")
         + (" Device MB = growth of the GPU's memory in use (the whole device, as cudaMemGetInfo counts it: "
            "other processes show too) from before the backend's setup to after its runs (weights included)."
            if on_gpu else ""),

@@ -34,6 +34,7 @@ class Settings:
     warmup: int = 2
     repeat: int = 5
     seed: int = 0
+    cuda_graphs: bool = True  # ort-cuda's decode steps
 
 
 def _device_memory_used_mb(device: torch.device) -> float | None:
@@ -105,7 +106,7 @@ def _measure_backend(result: dict, name: str, model: torch.nn.Module, reference:
         ensure_engine(export_dir)
         result["build_s"] = round(time.perf_counter() - started, 2)
     started = time.perf_counter()
-    backend = open_backend(name, model, export_dir=export_dir, device=device)
+    backend = open_backend(name, model, export_dir=export_dir, device=device, cuda_graphs=s.cuda_graphs)
     result["load_s"] = round(time.perf_counter() - started, 2)
 
     errors = compare(backend, reference, batch=2, prompt_len=16, decode_steps=4,
