@@ -11,6 +11,7 @@ import torch
 from mamba_export import cli
 from mamba_export.bench import PUBLISHED, Settings, published_config, run_bench, write_reports
 from mamba_export.bench import runner
+from mamba_export.bench.report import markdown
 from mamba_export.models import Mamba1Config, Mamba2Config, build_model
 from test_export import random_model
 
@@ -115,6 +116,15 @@ def test_reports(tmp_path):
     assert re.search(r"- ort-cuda: skipped \(.+\)", md)
     assert "matched eager PyTorch" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_the_report_says_how_ort_cuda_ran_its_decode_steps(graphs):
+    settings = vars(Settings(backends=["torch", "ort-cuda"], device="cuda", cuda_graphs=graphs))
+    md = markdown("tiny model", settings, [])
+    assert ("ort-cuda replays each decode step as a CUDA graph" in md) == graphs
+    assert ("ort-cuda launches every node of a decode step (--no-cuda-graphs)" in md) == (not graphs)
+    assert "CUDA graph" not in markdown("tiny model", {**settings, "backends": ["torch"]}, [])
 
 
 # Parameter counts implied by each published name (embedding tied, as released).

@@ -265,6 +265,17 @@ def test_generate_prints_an_incomplete_character_at_the_end(monkeypatch, capsys)
     assert (code, out, err) == (0, "sayok \ufffd\n", "")
 
 
+@pytest.mark.parametrize(("flags", "graphs"), [((), True), (("--no-cuda-graphs",), False)])
+def test_no_cuda_graphs_reaches_the_backend(flags, graphs, monkeypatch, capsys):
+    from mamba_export.backends import factory
+
+    opened, real = [], factory.open_backend
+    monkeypatch.setattr(factory, "open_backend", lambda *a, **kw: opened.append(kw["cuda_graphs"]) or real(*a, **kw))
+    monkeypatch.setattr(generate_py, "generate", lambda *_, **__: iter(b"ok"))
+    assert cli(capsys, "generate", SHIPPED, "--prompt", "say", "-q", *flags)[0] == 0
+    assert opened == [graphs]
+
+
 # --- bad input: exit status 2, one line on stderr ------------------------------------------
 
 @pytest.fixture

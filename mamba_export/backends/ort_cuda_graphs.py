@@ -75,8 +75,9 @@ class DecodeGraphs:
             try:  # ORT's capture: two runs to size its memory, the capture, a replay
                 self._run(graph, flat)
             except Exception as e:  # ORT's exception types have no common base
-                raise MambaExportError(f"ONNX Runtime could not capture the decode step (batch {batch}) as a CUDA "
-                                       f"graph: {first_line(e)}; --no-cuda-graphs (cuda_graphs=False) runs without") from e
+                raise MambaExportError(f"ONNX Runtime could not capture the decode step (batch {batch}) as a "
+                                       f"CUDA graph: {first_line(e)}; --no-cuda-graphs (cuda_graphs=False) runs "
+                                       "without") from e
             self._graphs[batch] = graph
         else:
             self._run(graph, flat)
