@@ -136,6 +136,7 @@ int run_ssd_cases() {
   for (mamba_dtype t : types) {
     for (int64_t N : {16, 128, 200}) failures += run_ssd({1, 130, 2, 64, N, 1, t, true, nullptr, 0});
     failures += run_ssd({2, 70, 4, 80, 64, 2, t, true, "1", 0});       // segments, two p tiles
+    failures += run_ssd({1, 400, 2, 64, 128, 1, t, true, "1", 0});     // 7 segments: the chaining kernel
     failures += run_ssd({1, 200, 2, 33, 17, 1, t, false, "2", 1});     // misaligned, scalar paths
     failures += run_ssd({2, 65, 3, 16, 256, 3, t, true, nullptr, 1});
     for (int64_t N : {5, 128, 256}) failures += run_ssd({2, 1, 3, 16, N, 3, t, true, nullptr, 0});  // decode

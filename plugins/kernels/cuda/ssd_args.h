@@ -17,9 +17,9 @@ struct SsdArgs {
   const float* h0;       // initial state, or null (zeros)
   void* y;
   float* hT;  // final state
-  // Workspace of a segmented prefill: per (batch, head) and segment, the state entering the
-  // segment [P, N] (first the segment's own end state from zero), and the log of the
-  // segment's total decay.
+  // Workspace of a segmented prefill: per (batch, head) and segment but the last, the
+  // segment's end state from a zero state [P, N] and the log of its total decay; with more
+  // than kSsdBlockChainMax segments, ssd_pass_segments then turns each into the true end state.
   float* seg_states;
   float* seg_log_decay;
   // Workspace of every prefill: the per-step values of each (batch, head, chunk), ssd_steps.cuh.
@@ -35,5 +35,11 @@ struct SsdArgs {
 };
 
 enum : unsigned { kSsdVecX = 1, kSsdVecBC = 2, kSsdVecYZ = 4, kSsdVecState = 8 };
+
+// Segments up to which each block of the full kernel chains the earlier segments' states itself;
+// beyond, every block of the last segments would read too many of them (from L2, one after the
+// other: at 11 segments it cost more than the chaining kernel it saves), and ssd_pass_segments
+// chains them first.
+constexpr int kSsdBlockChainMax = 4;
 
 }  // namespace mamba_cuda

@@ -59,10 +59,12 @@ cudaError_t launch_ssd_prefill(SsdArgs a, int multiprocessors, cudaStream_t stre
     if ((err = allow_smem(ssd_prefill<T, NT, true>, K::kSmemBytes)) != cudaSuccess) return err;
     ssd_prefill<T, NT, true><<<unsigned(chains * (a.segments - 1)), K::kThreads, K::kSmemBytes, stream>>>(a);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    const int64_t elements = int64_t(a.batch) * a.H * a.P * a.N;
-    const int64_t blocks = (elements + 255) / 256, cap = int64_t(multiprocessors) * 8;
-    ssd_pass_segments<8><<<unsigned(blocks < cap ? blocks : cap), 256, 0, stream>>>(a);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if (a.segments > kSsdBlockChainMax) {
+      const int64_t elements = int64_t(a.batch) * a.H * a.P * a.N;
+      const int64_t blocks = (elements + 255) / 256, cap = int64_t(multiprocessors) * 8;
+      ssd_pass_segments<8><<<unsigned(blocks < cap ? blocks : cap), 256, 0, stream>>>(a);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
   }
   if ((err = allow_smem(ssd_prefill<T, NT, false>, K::kSmemBytes)) != cudaSuccess) return err;
   ssd_prefill<T, NT, false><<<unsigned(chains * a.segments), K::kThreads, K::kSmemBytes, stream>>>(a);
@@ -99,7 +101,7 @@ cudaError_t launch_ssd(const mamba_ssd_scan_params& p, const SsdPlan& plan, void
     a.steps = static_cast<unsigned char*>(workspace);
     if (plan.segments > 1) {
       a.seg_states = reinterpret_cast<float*>(a.steps + ssd_steps_bytes(p));
-      a.seg_log_decay = a.seg_states + int64_t(plan.segments) * p.batch * p.nheads * p.headdim * p.dstate;
+      a.seg_log_decay = a.seg_states + int64_t(plan.segments - 1) * p.batch * p.nheads * p.headdim * p.dstate;
     }
   }
   switch (plan.kind) {

@@ -12,7 +12,7 @@ struct SsdPlan {
   enum Kind { kNothing, kCopyState, kDecode, kPrefill } kind;
   int nt;          // prefill: states padded to 64, 128 or 256 columns
   int ptiles;      // prefill: blocks per head along the head dim
-  int segments;    // prefill: segments per (batch, head), > 1 with ssd_segment_states + ssd_pass_segments
+  int segments;    // prefill: segments per (batch, head), > 1 with ssd_segment_states (ssd_prefill.cuh)
   int seg_chunks;  // prefill: chunks per segment
 };
 

@@ -9,7 +9,9 @@
 //      and the state's contribution C S_in^T share the k loop over N (one A fragment of C);
 //      the scores times exp(cum_t - cum_s) dt_s become the A fragments of the intra-chunk
 //      product with x straight from the accumulators; y = exp(cum_t) C S_in^T + that, plus
-//      D x, gated by silu(z), stored;
+//      D x, gated by silu(z), stored. With 8 warps, the two warps of a row tile take
+//      alternate 16-column tiles of its scores, each multiplies its own with all 64 columns
+//      of x, and they swap the partial y of each other's columns through shared memory;
 //   3. state phase, warp w owning N / warps state columns of all 64 rows p:
 //      S = exp(cum_end) S + x^T (dt_s exp(cum_end - cum_s) B) (the weighted operand in two
 //      pieces, see ssd_mma.cuh), then S goes to shared memory for the next chunk's row phase.
@@ -18,9 +20,10 @@
 //
 // A sequence too long for the blocks the batch gives (batch 1: one block per head) is cut
 // into segments scanned in parallel: ssd_segment_states (the same kernel, state phase only)
-// gives each segment's end state from zero and total decay, ssd_pass_segments chains them
-// into each segment's entering state (a few FMAs per state element), and the full kernel
-// then starts every segment from its own.
+// gives each segment's end state from zero and total decay, and the full kernel's block of
+// segment j starts from the initial state chained through those of segments 0..j-1 (a few
+// FMAs per state element and segment, read from L2). With more than kSsdBlockChainMax
+// segments, ssd_pass_segments chains them in between instead, and a block reads one state.
 #pragma once
 
 #include <type_traits>
@@ -39,8 +42,8 @@ struct SsdTiling {
   using E = T;            // shared-memory element: the activation type itself
   using M = MmaType<T>;   // tensor-core operand type
   // 8 warps for states padded to 128 columns or more (N > 64): twice the warps per
-  // multiprocessor of 4 (2 blocks fit either way, by shared memory), at the price of computing
-  // a row tile's scores in both warps sharing it.
+  // multiprocessor of 4 (2 blocks fit either way, by shared memory), at the price of an
+  // exchange of partial outputs between the two warps sharing a row tile.
   static constexpr int kWarps = NT > 64 ? 8 : 4;
   static constexpr int kThreads = 32 * kWarps;
   // float32 tiles are twice as large: one stage, so that a block fits.
@@ -52,14 +55,17 @@ struct SsdTiling {
   // A stage: the chunk's per-step values (ssd_steps.cuh), then x, B, C.
   static constexpr int kStageBytes = kSsdStepBytes + kStageElems * int(sizeof(E));
   static constexpr int kSmemBytes = kStages * kStageBytes + kStateElems * int(sizeof(E));
-  static constexpr int kRowSplit = kWarps / 4;      // warps sharing a 16-row tile, split along p
-  static constexpr int PW = kSsdPT / kRowSplit;     // p columns of a warp in the row phase
+  static constexpr int kRowSplit = kWarps / 4;      // warps sharing a 16-row tile
+  static constexpr int PW = kSsdPT / kRowSplit;     // p columns of y a warp finishes and stores
+  static constexpr int kScoreTiles = 4 / kRowSplit; // 16-column score tiles a warp may own
   static constexpr int NW = NT / kWarps;            // state columns of a warp in the state phase
   static constexpr int NJ = NW / 8;
   static constexpr int PX = kExactPieces<T>;        // x, B, C, S (and the scores, rounded)
   static constexpr int PS = kWeightedPieces<T>;     // the weighted B of the state update
   static constexpr int kMinBlocks = (NT > 128 || std::is_same_v<T, float>) ? 1 : 2;
-  static_assert(NJ % 2 == 0 && PW % 16 == 0, "tile shape");
+  static_assert(NJ % 2 == 0 && PW % 16 == 0 && kRowSplit <= 2, "tile shape");
+  // The exchange of partial y (float4 per lane and 8-column tile) reuses the chunk's C tile.
+  static_assert(kRowSplit == 1 || 4 * kRowSplit * (PW / 8) * 32 * 16 <= kSsdQ * LB * int(sizeof(E)), "exchange");
 };
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
@@ -143,7 +149,8 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
   using K = SsdTiling<T, NT>;
   using E = typename K::E;
   using M = typename K::M;
-  constexpr int Q = kSsdQ, PX = K::PX, PS = K::PS, NJ = K::NJ, PTL = K::PW / 8;
+  constexpr int Q = kSsdQ, PX = K::PX, PS = K::PS, NJ = K::NJ, PTL = K::PW / 8, R = K::kRowSplit;
+  constexpr int kAll = kSsdPT / 8;  // 8-column tiles of y across the block's columns
   extern __shared__ __align__(16) unsigned char smem[];
   E* state_tile = reinterpret_cast<E*>(smem + K::kStages * K::kStageBytes);
 
@@ -179,20 +186,21 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
     load_tile<Q, kSsdPT, K::kThreads>(s, K::LX, x + t0 * x_stride, x_stride, rows, p_valid, vec_x);
     E* sB = s + Q * K::LX;
     load_tile<Q, NT, K::kThreads>(sB, K::LB, Bg + t0 * bc_stride, bc_stride, rows, a.N, vec_bc);
-    if (!kStatesOnly) load_tile<Q, NT, K::kThreads>(sB + Q * K::LB, K::LB, Cg + t0 * bc_stride, bc_stride, rows, a.N, vec_bc);
+    if (!kStatesOnly) {
+      load_tile<Q, NT, K::kThreads>(sB + Q * K::LB, K::LB, Cg + t0 * bc_stride, bc_stride, rows, a.N, vec_bc);
+    }
     cp_async_commit();
   };
 
   // The state: warp w holds rows p = 16 mt + g (+8) and columns n = w NW + 8 j + 2 tq (+1).
+  // Entering segment seg of the full kernel: h0 (or zeros), then for each earlier segment j
+  // S = exp(log decay j) S + its end state from zero; or, chained by ssd_pass_segments, the
+  // end state of segment seg - 1.
   const int nw0 = warp * K::NW;
   const bool vec_state = a.vec & kSsdVecState;
+  const int64_t slot0 = int64_t(bh) * (a.segments - 1);
   float S[4][NJ][4];
-  {
-    const float* src = nullptr;
-    if (!kStatesOnly) {
-      src = a.segments > 1 ? a.seg_states + (int64_t(bh) * a.segments + seg) * a.P * a.N
-                           : (a.h0 ? a.h0 + int64_t(bh) * a.P * a.N : nullptr);
-    }
+  auto chain_in = [&](const float* src, float decay) {
 #pragma unroll
     for (int mt = 0; mt < 4; ++mt) {
 #pragma unroll
@@ -201,10 +209,24 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
         for (int hf = 0; hf < 2; ++hf) {
           const int p = 16 * mt + g + 8 * hf, n = nw0 + 8 * j + 2 * tq;
           float2 v = make_float2(0.f, 0.f);
-          if (src && p < p_valid && n < a.N) v = load_two(src + int64_t(p0 + p) * a.N + n, vec_state, n + 1 < a.N);
-          S[mt][j][2 * hf] = v.x, S[mt][j][2 * hf + 1] = v.y;
+          if (p < p_valid && n < a.N) v = load_two(src + int64_t(p0 + p) * a.N + n, vec_state, n + 1 < a.N);
+          S[mt][j][2 * hf] = fmaf(decay, S[mt][j][2 * hf], v.x);
+          S[mt][j][2 * hf + 1] = fmaf(decay, S[mt][j][2 * hf + 1], v.y);
         }
       }
+    }
+  };
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) S[mt][j][0] = S[mt][j][1] = S[mt][j][2] = S[mt][j][3] = 0.f;
+  }
+  if (!kStatesOnly) {
+    const bool chained = a.segments > kSsdBlockChainMax;
+    const int first = chained ? max(seg - 1, 0) : 0;
+    for (int j = a.h0 && (seg == 0 || !chained) ? -1 : first; j < seg; ++j) {  // j = -1: h0
+      const float* src = j < 0 ? a.h0 + int64_t(bh) * a.P * a.N : a.seg_states + (slot0 + j) * a.P * a.N;
+      chain_in(src, j < 0 || chained ? 0.f : exp2_accurate(a.seg_log_decay[slot0 + j] * kLog2e));
     }
   }
   auto store_state_tile = [&]() {  // S as E into the row phase's tile [p][n]
@@ -227,10 +249,12 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
 
   issue_loads(0, t_begin);
 
-  // Row tile rt costs rt + 1 score tiles. A multiprocessor's scheduler runs warps w and w + 4:
-  // with 8 warps, the second half takes the row tiles in reverse, so each scheduler gets
-  // rt and 3 - rt (the same work on every scheduler).
-  const int rt = warp >= 4 ? 7 - warp : warp, pw0 = (warp >> 2) * K::PW;
+  // Row tile rt has rt + 1 score tiles (16 columns s each). A multiprocessor's scheduler runs
+  // warps w and w + 4: with 8 warps, the second half (member 1) takes the row tiles in
+  // reverse, and the two members of row tile rt take alternate score tiles starting at
+  // (member + rt) % 2, so that no scheduler gets more than 3 of the 10.
+  const int rt = warp >= 4 ? 7 - warp : warp, member = warp >> 2, pw0 = member * K::PW;
+  const int first_tile = (member + rt) % R;
   const int r0 = 16 * rt + g, r1 = r0 + 8;
   for (int k = 0; k < chunks; ++k) {
     const int64_t t0 = t_begin + int64_t(k) * Q;
@@ -262,10 +286,11 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
           }
         }
       }
-      // Row phase, products: scores [16 rows t, s < 16 (rt + 1)] and C S_in^T [16 t, PW p].
-      float acc_s[8][4], acc_i[PTL][4];
+      // Row phase, products: this warp's score tiles [16 rows t, 16 columns s] and C S_in^T
+      // [16 t, PW p].
+      float acc_s[2 * K::kScoreTiles][4], acc_i[PTL][4];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) acc_s[j][0] = acc_s[j][1] = acc_s[j][2] = acc_s[j][3] = 0.f;
+      for (int j = 0; j < 2 * K::kScoreTiles; ++j) acc_s[j][0] = acc_s[j][1] = acc_s[j][2] = acc_s[j][3] = 0.f;
 #pragma unroll
       for (int j = 0; j < PTL; ++j) acc_i[j][0] = acc_i[j][1] = acc_i[j][2] = acc_i[j][3] = 0.f;
       const Tile<E> Ss{state_tile, K::LB};
@@ -273,12 +298,13 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
       for (int ks = 0; ks < NT / 16; ++ks) {
         const FragA<PX> ca = load_a<M, PX>(Cs, 16 * rt, 16 * ks, false);
 #pragma unroll
-        for (int jj = 0; jj < 4; ++jj) {
+        for (int i = 0; i < K::kScoreTiles; ++i) {
+          const int jj = first_tile + R * i;
           if (jj <= rt) {
             FragB<PX> bb[2];
             load_b<M, PX>(bb, Bs, 16 * jj, 16 * ks, false);
-            mma<M>(acc_s[2 * jj], ca, bb[0]);
-            mma<M>(acc_s[2 * jj + 1], ca, bb[1]);
+            mma<M>(acc_s[2 * i], ca, bb[0]);
+            mma<M>(acc_s[2 * i + 1], ca, bb[1]);
           }
         }
 #pragma unroll
@@ -289,41 +315,68 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
           mma<M>(acc_i[2 * pp + 1], ca, bb[1]);
         }
       }
-      __syncthreads();  // every read of the state tile is done
+      __syncthreads();  // every read of the state tile and of C is done
 
       // Scores -> exp(cum_t - cum_s) dt_s C_t.B_s for s <= t, else 0.
       const double* cum = st.cum();
       const float *dts = st.dt(), *e_start = st.e_start();
       const double c0 = cum[r0], c1 = cum[r1];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        if (j < 2 * (rt + 1)) {
+      for (int i = 0; i < K::kScoreTiles; ++i) {
+        const int jj = first_tile + R * i;
+        if (jj <= rt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int s = 8 * j + 2 * tq + (e & 1), t = e < 2 ? r0 : r1;
-            const float decay = ex2(float(((e < 2 ? c0 : c1) - cum[s])) * kLog2e);
-            acc_s[j][e] = s <= t ? acc_s[j][e] * decay * dts[s] : 0.f;
+          for (int q = 0; q < 2; ++q) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int s = 16 * jj + 8 * q + 2 * tq + (e & 1), t = e < 2 ? r0 : r1;
+              const float decay = ex2(float(((e < 2 ? c0 : c1) - cum[s])) * kLog2e);
+              acc_s[2 * i + q][e] = s <= t ? acc_s[2 * i + q][e] * decay * dts[s] : 0.f;
+            }
           }
         }
       }
-      float y[PTL][4];
+      // y over all kAll tiles, this warp's own PW columns first: tile j covers columns
+      // (pw0 + 8 j) mod 64, so that every register index is a constant.
+      float y[kAll][4];
       const float e0 = e_start[r0], e1 = e_start[r1];
 #pragma unroll
-      for (int j = 0; j < PTL; ++j) {
-        y[j][0] = acc_i[j][0] * e0, y[j][1] = acc_i[j][1] * e0;
-        y[j][2] = acc_i[j][2] * e1, y[j][3] = acc_i[j][3] * e1;
+      for (int j = 0; j < kAll; ++j) {
+        const bool own = j < PTL;
+        y[j][0] = own ? acc_i[j][0] * e0 : 0.f, y[j][1] = own ? acc_i[j][1] * e0 : 0.f;
+        y[j][2] = own ? acc_i[j][2] * e1 : 0.f, y[j][3] = own ? acc_i[j][3] * e1 : 0.f;
       }
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        if (kk <= rt) {
-          const FragA<PX> sa = accumulators_as_a<M, PX>(acc_s, kk);
+      for (int i = 0; i < K::kScoreTiles; ++i) {
+        const int jj = first_tile + R * i;
+        if (jj <= rt) {
+          const FragA<PX> sa = accumulators_as_a<M, PX>(acc_s, i);
 #pragma unroll
-          for (int pp = 0; pp < PTL / 2; ++pp) {
+          for (int pp = 0; pp < kAll / 2; ++pp) {
             FragB<PX> bb[2];
-            load_b<M, PX>(bb, xs, pw0 + 16 * pp, 16 * kk, true);
+            load_b<M, PX>(bb, xs, (pw0 + 16 * pp) % kSsdPT, 16 * jj, true);
             mma<M>(y[2 * pp], sa, bb[0]);
             mma<M>(y[2 * pp + 1], sa, bb[1]);
           }
+        }
+      }
+      if constexpr (R == 2) {
+        // Swap the partial y of each other's columns with the other warp of the row tile,
+        // through the chunk's C tile (free since the barrier above; the next chunk's copies go
+        // to the other stage, or wait for the chunk's last barrier with one stage).
+        float4* slots = reinterpret_cast<float4*>(Cs.base);
+        float4* mine = slots + (rt * R + member) * PTL * 32 + lane;
+        const float4* theirs = slots + (rt * R + 1 - member) * PTL * 32 + lane;
+#pragma unroll
+        for (int j = 0; j < PTL; ++j) {
+          const float* v = y[PTL + j];
+          mine[32 * j] = make_float4(v[0], v[1], v[2], v[3]);
+        }
+        asm volatile("bar.sync %0, 64;\n" ::"r"(1 + rt) : "memory");  // the row tile's two warps
+#pragma unroll
+        for (int j = 0; j < PTL; ++j) {
+          const float4 v = theirs[32 * j];
+          y[j][0] += v.x, y[j][1] += v.y, y[j][2] += v.z, y[j][3] += v.w;
         }
       }
       // + D x, gate, store.
@@ -395,8 +448,8 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
   // The end state: the final state (last segment), or the segment's own (ssd_segment_states).
   float* dst = nullptr;
   if (kStatesOnly) {
-    dst = a.seg_states + (int64_t(bh) * a.segments + seg + 1) * a.P * a.N;
-    if (pt == 0 && threadIdx.x == 0) a.seg_log_decay[int64_t(bh) * a.segments + seg] = float(seg_log_decay);
+    dst = a.seg_states + (slot0 + seg) * a.P * a.N;
+    if (pt == 0 && threadIdx.x == 0) a.seg_log_decay[slot0 + seg] = float(seg_log_decay);
   } else if (seg == a.segments - 1) {
     dst = a.hT + int64_t(bh) * a.P * a.N;
   }
@@ -418,29 +471,29 @@ __global__ void __launch_bounds__(SsdTiling<T, NT>::kThreads, SsdTiling<T, NT>::
   }
 }
 
-// Chains the segments of every (batch, head): slot j of seg_states becomes the state entering
-// segment j (slot 0: the initial state). One thread per state element; kBatch segments'
-// loads are issued together.
+// With more than kSsdBlockChainMax segments: turns each (batch, head)'s segment end states from
+// zero, in place, into the true end states (from the initial state). One thread per state
+// element; kBatch segments' loads are issued together.
 template <int kBatch>
 __global__ void __launch_bounds__(256) ssd_pass_segments(const SsdArgs a) {
   const int64_t pn = int64_t(a.P) * a.N, total = int64_t(a.batch) * a.H * pn;
+  const int slots = a.segments - 1;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t bh = i / pn, e = i - bh * pn;
-    float* slots = a.seg_states + bh * a.segments * pn + e;
-    const float* log_decay = a.seg_log_decay + bh * a.segments;
+    float* states = a.seg_states + bh * slots * pn + e;
+    const float* log_decay = a.seg_log_decay + bh * slots;
     float s = a.h0 ? a.h0[i] : 0.f;
-    slots[0] = s;
-    for (int j0 = 1; j0 < a.segments; j0 += kBatch) {
+    for (int j0 = 0; j0 < slots; j0 += kBatch) {
       float local[kBatch], ld[kBatch];
 #pragma unroll
       for (int q = 0; q < kBatch; ++q) {
-        if (j0 + q < a.segments) local[q] = slots[(j0 + q) * pn], ld[q] = log_decay[j0 + q - 1];
+        if (j0 + q < slots) local[q] = states[(j0 + q) * pn], ld[q] = log_decay[j0 + q];
       }
 #pragma unroll
       for (int q = 0; q < kBatch; ++q) {
-        if (j0 + q < a.segments) {
+        if (j0 + q < slots) {
           s = fmaf(exp2_accurate(ld[q] * kLog2e), s, local[q]);
-          slots[(j0 + q) * pn] = s;
+          states[(j0 + q) * pn] = s;
         }
       }
     }

@@ -10,6 +10,7 @@
 #include "../ssd_scan_check.h"
 #include "device_props.h"
 #include "mamba_kernels.h"
+#include "ssd_args.h"
 #include "ssd_plan.h"
 #include "ssd_steps.cuh"
 
@@ -58,11 +59,12 @@ SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupan
     // Every block walks its whole segment, so a grid is worth its number of waves times the
     // segment length; segments add the states-only pass (a quarter of a chunk's work per
     // chunk: 2.3 against 8.8 us per chunk and wave in the profile of 2.7b / b1 / 2048), the
-    // chaining kernel (counted as two chunks) and, per chain and segment boundary, the
-    // traffic of its [64, N] float32 state, moved four times (written by the states-only
-    // pass, read and rewritten by the chain, read by the full kernel): 128 KB at N = 128,
-    // ~0.05 us at the copy bandwidth against ~10 us for a wave of chunks on the H100, so
-    // 0.005 of a chunk. Segments are only tried while the chains leave slots of one wave
+    // chain (up to kSsdBlockChainMax segments, the last segment's blocks read each earlier
+    // segment's state before their first chunk, ~2 us each on the H100: a quarter of a chunk;
+    // beyond, the chaining kernel, counted as two chunks) and, per chain and segment
+    // boundary, the traffic of its [64, N] float32 state (128 KB at N = 128, ~0.05 us at the
+    // copy bandwidth against ~10 us for a wave of chunks on the H100, so 0.005 of a chunk).
+    // Segments are only tried while the chains leave slots of one wave
     // empty: with a wave or more of chains, the shorter last wave that the model counts did
     // not show on the H100 (2.7b / b8 / 8192: 3073 us in 64-chunk segments, 2922 in one).
     const int64_t slots = int64_t(multiprocessors) * occupancy.full;
@@ -73,7 +75,8 @@ SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupan
       if (segs != n) continue;
       double cost = double(ceil_div(chains * segs, slots) * len);
       if (segs > 1) {
-        cost += 0.25 * double(ceil_div(chains * (segs - 1), slots_states) * len) + 2.0 +
+        const double chain = segs > kSsdBlockChainMax ? 2.0 : 0.25 * double(segs - 1);
+        cost += 0.25 * double(ceil_div(chains * (segs - 1), slots_states) * len) + chain +
                 kBoundaryCost * double(chains * (segs - 1));
       }
       if (n == 1 || cost < best) best = cost, seg_chunks = len;
@@ -94,7 +97,7 @@ size_t ssd_steps_bytes(const mamba_ssd_scan_params& p) {
 size_t ssd_workspace_bytes(const mamba_ssd_scan_params& p, const SsdPlan& plan) {
   if (plan.kind != SsdPlan::kPrefill) return 0;
   const int64_t per_segment = p.batch * p.nheads * (p.headdim * p.dstate + 1);
-  return ssd_steps_bytes(p) + (plan.segments > 1 ? size_t(plan.segments * per_segment) * sizeof(float) : 0);
+  return ssd_steps_bytes(p) + size_t((plan.segments - 1) * per_segment) * sizeof(float);
 }
 
 namespace {
