@@ -80,9 +80,10 @@ small() {
   done
 }
 
-# The GPU tests: both ops on ORT's CUDA provider and in the torch ops' CUDA kernels, the bench.
+# The GPU tests: both ops on ORT's CUDA provider (decode steps with and without CUDA graphs) and
+# in the torch ops' CUDA kernels, the bench.
 tests() {
-  step tests python3 -m pytest -q -ra -p no:cacheprovider -n 8 tests/test_ort_cuda.py \
+  step tests python3 -m pytest -q -ra -p no:cacheprovider -n 8 tests/test_ort_cuda.py tests/test_ort_cuda_graphs.py \
     tests/test_cuda_selective_scan.py tests/test_cuda_ssd_scan.py tests/test_bench.py
 }
 
