@@ -2,9 +2,10 @@
 
 On a GPU with onnxruntime-gpu, for a Mamba-1 and a Mamba-2 model: steps in graphs against the
 same export launching every node (`cuda_graphs=False`) and against eager PyTorch; a returned
-state stays the caller's through later steps and can be stepped from again; a state on the
-host; batch sizes each with their own graph and, past the limit, without one; a state of the
-wrong shape refused. Without a GPU: the session's setting on the CPU provider.
+state stays the caller's through later steps and can be stepped from again; a returned state
+with one tensor replaced; a state on the host; batch sizes each with their own graph and, past
+the limit, without one; a state of the wrong shape refused. Without a GPU: the session's
+setting on the CPU provider, and the packing of a state into one buffer.
 """
 
 from __future__ import annotations
@@ -98,6 +99,20 @@ def test_a_returned_state_stays_the_callers(exported):
 
 
 @gpu
+def test_a_returned_state_with_a_tensor_replaced_goes_in_as_it_is(exported):
+    """A returned state is views into one packed buffer, copied in at once when passed back;
+    with one of its tensors replaced by the caller, the replacement is what goes in."""
+    _, export_dir = exported
+    graphs, plain = graphs_and_plain(export_dir)
+    ids = tokens(2, 3, seed=7)
+    _, state = graphs.forward(ids[:, :1], prefill(graphs, 2, seed=0))
+    _, state = graphs.forward(ids[:, 1:2], state)  # a replay: the state is packed
+    conv, ssm = state[-1]
+    state[-1] = (conv, torch.full_like(ssm, 0.5))
+    assert_same_run(flat(graphs.forward(ids[:, 2:], state)[1]), flat(plain.forward(ids[:, 2:], state)[1]))
+
+
+@gpu
 def test_a_state_on_the_host_is_copied_in(exported):
     _, export_dir = exported
     graphs, plain = graphs_and_plain(export_dir)
@@ -133,3 +148,21 @@ def test_on_the_cpu_provider_there_are_no_graphs(exported):
     backend = OrtBackend(export_dir)
     assert backend.decode_graphs is None
     assert backend.forward(tokens(1, 1, seed=6), backend.empty_state(1))[0].shape == (1, 1, VOCAB)
+
+
+def test_a_packing_lays_tensors_out_aligned_and_finds_its_own_views():
+    shapes = [([2, 3, 5], torch.float32), ([7], torch.float16), ([2, 4], torch.int64)]
+    packing = ort_cuda_graphs.Packing(shapes)
+    buffer = packing.empty("cpu")
+    views = packing.views(buffer)
+    assert [(list(v.shape), v.dtype) for v in views] == shapes
+    assert [v.data_ptr() - buffer.data_ptr() for v in views] == [0, 256, 512] and packing.nbytes == 768
+    for i, v in enumerate(views):
+        v.fill_(i + 1)
+    copy = packing.views(buffer.clone())  # what a step returns
+    assert all(torch.equal(a, b) for a, b in zip(views, copy, strict=True))
+    packed = packing.buffer_of(copy)
+    assert packed.dtype == torch.uint8 and packed.data_ptr() == copy[0].data_ptr() and packed.numel() == 768
+    assert packing.buffer_of([copy[0], copy[1].clone(), copy[2]]) is None
+    assert packing.buffer_of([copy[1], copy[0], copy[2]]) is None
+    assert packing.buffer_of([t.clone() for t in copy]) is None

@@ -12,9 +12,17 @@ logits and the new state out into fresh tensors, so the caller owns what ``forwa
 as without graphs. The state goes in and comes out through separate buffers: ORT runs a new
 graph's step twice before capturing it (to size its memory arena), which would advance a
 state updated in place.
+
+A state is two tensors per layer, so copying it tensor by tensor cost more than the replay
+itself (a mamba-130m step on an H100: 0.8 ms of copies around a 1.06 ms replay). The graph's
+state buffers are therefore views into one packed buffer, a returned state is views into one
+packed copy of it, and a state passed back in that form (the usual generation loop) goes in
+with one copy; any other state goes in tensor by tensor.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -35,13 +43,70 @@ def run_options(graph_id: int):
     return options
 
 
+class Packing:
+    """Tensors of given shapes and types laid out in one byte buffer, each at a 256-byte aligned
+    offset, so that all of them move in one copy."""
+
+    ALIGN = 256
+
+    def __init__(self, specs: list[tuple[list[int], torch.dtype]]):
+        self._items, offset = [], 0  # (byte offset, dtype, shape, contiguous strides)
+        for shape, dtype in specs:
+            strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+            self._items.append((offset, dtype, list(shape), strides))
+            offset += -(-math.prod(shape) * dtype.itemsize // self.ALIGN) * self.ALIGN
+        self.nbytes = offset
+        self._dtypes = {dtype for _, dtype, _, _ in self._items}
+
+    def empty(self, device) -> torch.Tensor:
+        return torch.empty(self.nbytes, dtype=torch.uint8, device=device)
+
+    def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        """The tensors inside ``buffer`` (a tensor of ``empty``'s size, type and layout); one
+        strided view each, a third of the host time of slicing and viewing (a step makes 48)."""
+        typed = {dtype: buffer.view(dtype) for dtype in self._dtypes}
+        return [typed[dtype].as_strided(shape, strides, offset // dtype.itemsize)
+                for offset, dtype, shape, strides in self._items]  # fmt: skip
+
+    def buffer_of(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
+        """The packed buffer (bytes) whose ``views`` these tensors are, in order, or None."""
+        if not tensors:
+            return None
+        storage = tensors[0].untyped_storage()
+        start = storage.data_ptr()
+        if storage.nbytes() != self.nbytes or len(tensors) != len(self._items):
+            return None
+        for t, (offset, dtype, shape, _) in zip(tensors, self._items):
+            if (t.untyped_storage().data_ptr() != start or t.data_ptr() != start + offset or t.dtype != dtype
+                    or list(t.shape) != shape or not t.is_contiguous()):  # fmt: skip
+                return None
+        return torch.empty(0, dtype=torch.uint8, device=tensors[0].device).set_(storage)
+
+
 class _Graph:
-    """One batch size's captured step: its buffers, their binding, its run options."""
+    """One batch size's captured step: its buffers (the states' packed), their binding, its run
+    options."""
 
     def __init__(self, backend, sizes: dict[str, int], graph_id: int):
-        self.inputs, self.outputs = backend.empty(backend.inputs, sizes), backend.empty(backend.outputs, sizes)
+        # inputs: the token ids, then the state; outputs: the logits, then the new state
+        self.packing_in, self.packing_out = (Packing([(spec.resolve(sizes), spec.dtype) for spec in specs[1:]])
+                                             for specs in (backend.inputs, backend.outputs))  # fmt: skip
+        self.state_in, self.state_out = self.packing_in.empty(backend.device), self.packing_out.empty(backend.device)
+        self.inputs = [*backend.empty(backend.inputs[:1], sizes), *self.packing_in.views(self.state_in)]
+        self.outputs = [*backend.empty(backend.outputs[:1], sizes), *self.packing_out.views(self.state_out)]
         self.binding = backend.bind(self.inputs, self.outputs)
         self.options = run_options(graph_id)
+
+    def copy_in(self, flat: list[torch.Tensor]) -> None:
+        packed = self.packing_in.buffer_of(flat[1:])
+        if packed is None:
+            torch._foreach_copy_(self.inputs, flat)
+        else:
+            self.inputs[0].copy_(flat[0])
+            self.state_in.copy_(packed)
+
+    def copy_out(self) -> list[torch.Tensor]:
+        return [self.outputs[0].clone(), *self.packing_out.views(self.state_out.clone())]
 
 
 class DecodeGraphs:
@@ -54,7 +119,7 @@ class DecodeGraphs:
     def _run(self, graph: _Graph, flat: list[torch.Tensor]) -> None:
         # On the session's stream: a replay in flight there still reads the buffers.
         with self._backend.on_session_stream():
-            torch._foreach_copy_(graph.inputs, flat)
+            graph.copy_in(flat)
             self._backend.session.run_with_iobinding(graph.binding, graph.options)
 
     @property
@@ -82,4 +147,4 @@ class DecodeGraphs:
         else:
             self._run(graph, flat)
         # Copies made on the caller's stream, after the step: the next step's copy-in waits for them.
-        return [t.clone() for t in graph.outputs]
+        return graph.copy_out()
