@@ -4,8 +4,9 @@ On a GPU with onnxruntime-gpu, for a Mamba-1 and a Mamba-2 model: steps in graph
 same export launching every node (`cuda_graphs=False`) and against eager PyTorch; a returned
 state stays the caller's through later steps and can be stepped from again; a returned state
 with one tensor replaced; a state on the host; batch sizes each with their own graph and, past
-the limit, without one; a state of the wrong shape refused. Without a GPU: the session's
-setting on the CPU provider, and the packing of a state into one buffer.
+the limit, without one; a state of the wrong shape refused; a portable export, whose Scan ORT
+will not capture, run without graphs. Without a GPU: the session's setting on the CPU
+provider, and the packing of a state into one buffer.
 """
 
 from __future__ import annotations
@@ -141,6 +142,19 @@ def test_a_state_of_another_batch_size_is_refused_in_a_graph_step(exported):
     graphs.forward(tokens(2, 1, seed=5), prefill(graphs, 2, seed=0))  # batch 2 has its graph now
     with pytest.raises(MambaExportError, match=r"past_conv_state\.0 must have shape \[batch=2"):
         graphs.forward(tokens(2, 1, seed=5), prefill(graphs, 3, seed=0))
+
+
+@gpu
+def test_an_export_onnx_runtime_will_not_capture_runs_without_graphs(exported, tmp_path):
+    """The portable export's Scan is control flow, which ORT refuses to capture when it creates
+    the session: the backend creates it again without graphs and decodes as the eager model."""
+    model, _ = exported
+    export_dir = export_onnx(model, tmp_path / "portable", portable=True).parent
+    backend = OrtBackend(export_dir, name="ort-cuda", device="cuda")
+    assert backend.decode_graphs is None
+    errors = compare(backend, TorchBackend(model), batch=2, prompt_len=12, decode_steps=4, vocab_size=VOCAB)
+    rel, state, greedy = TOLERANCES["float32"]
+    assert errors["max_rel_err"] <= rel and errors["state_max_rel_err"] <= state and errors["greedy_match"] >= greedy
 
 
 def test_on_the_cpu_provider_there_are_no_graphs(exported):
