@@ -60,7 +60,8 @@ SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupan
     // segment length; segments add the states-only pass (a quarter of a chunk's work per
     // chunk: 2.3 against 8.8 us per chunk and wave in the profile of 2.7b / b1 / 2048), the
     // chain (up to kSsdBlockChainMax segments, the last segment's blocks read each earlier
-    // segment's state before their first chunk, ~2 us each on the H100: a quarter of a chunk;
+    // segment's state before their first chunk: eleven segments chained so cost 20 us more on
+    // the H100, ~2 us a state, counted as a quarter of a chunk;
     // beyond, the chaining kernel, counted as two chunks) and, per chain and segment
     // boundary, the traffic of its [64, N] float32 state (128 KB at N = 128, ~0.05 us at the
     // copy bandwidth against ~10 us for a wave of chunks on the H100, so 0.005 of a chunk).
