@@ -57,17 +57,19 @@ SsdPlan plan_ssd(const mamba_ssd_scan_params& p, int multiprocessors, SsdOccupan
   int64_t seg_chunks = forced_segment();
   if (!seg_chunks) {
     // Every block walks its whole segment, so a grid is worth its number of waves times the
-    // segment length; segments add the states-only pass (a quarter of a chunk's work per
-    // chunk: 2.3 against 8.8 us per chunk and wave in the profile of 2.7b / b1 / 2048), the
-    // chain (up to kSsdBlockChainMax segments, the last segment's blocks read each earlier
-    // segment's state before their first chunk: eleven segments chained so cost 20 us more on
-    // the H100, ~2 us a state, counted as a quarter of a chunk;
-    // beyond, the chaining kernel, counted as two chunks) and, per chain and segment
-    // boundary, the traffic of its [64, N] float32 state (128 KB at N = 128, ~0.05 us at the
-    // copy bandwidth against ~10 us for a wave of chunks on the H100, so 0.005 of a chunk).
-    // Segments are only tried while the chains leave slots of one wave
-    // empty: with a wave or more of chains, the shorter last wave that the model counts did
-    // not show on the H100 (2.7b / b8 / 8192: 3073 us in 64-chunk segments, 2922 in one).
+    // segment length. Segments add:
+    // - the states-only pass, a quarter of a chunk's work per chunk (2.3 against 8.8 us per
+    //   chunk and wave in the profile of 2.7b / b1 / 2048);
+    // - the chain: up to kSsdBlockChainMax segments the last segment's blocks read each earlier
+    //   segment's state before their first chunk, counted as a quarter of a chunk per state
+    //   (eleven segments chained so cost 20 us more on the H100, ~2 us a state on average);
+    //   beyond, the chaining kernel, counted as two chunks;
+    // - per chain and segment boundary, the traffic of its [64, N] float32 state (128 KB at
+    //   N = 128, ~0.05 us at the copy bandwidth against ~10 us for a wave of chunks on the
+    //   H100, so 0.005 of a chunk).
+    // Segments are only tried while the chains leave slots of one wave empty: with a wave or
+    // more of chains, the shorter last wave that the model counts did not show on the H100
+    // (2.7b / b8 / 8192: 3073 us in 64-chunk segments, 2922 in one).
     const int64_t slots = int64_t(multiprocessors) * occupancy.full;
     const int64_t slots_states = int64_t(multiprocessors) * occupancy.states;
     double best = 0;
